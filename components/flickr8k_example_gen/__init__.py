@@ -1,0 +1,1 @@
+"""Flickr8kExampleGen: ingests the Flickr8k layout as tf.Example splits."""

@@ -1,0 +1,229 @@
+"""Beam executor of Flickr8kExampleGen: Flickr8k layout -> tf.Examples per split.
+
+TFX's `BaseExampleGenExecutor` does the splitting, writing and artifact
+bookkeeping; this executor only says how one split becomes tf.Examples:
+
+1. `Do` reads the small text files once (`layout.load_plan`), failing at once
+   on a directory that is not a Flickr8k layout, and counts bad lines.
+2. Per split, Beam reads each image file, checks that it decodes, and builds a
+   tf.Example with the id, the encoded bytes and **all** captions. Images that
+   cannot be read are skipped and counted with a Beam counter.
+3. After the pipeline, every count is logged and recorded on the output
+   Examples artifact (custom properties ``skipped_<reason>`` and a JSON
+   ``ingestion_report``), so nothing is dropped silently.
+"""
+
+import io
+import json
+import logging
+from typing import Any, Dict, Iterator, List, Optional
+
+import apache_beam as beam
+import tensorflow as tf
+from apache_beam.metrics.metric import MetricsFilter
+from PIL import Image
+from tfx import types
+from tfx.components.example_gen import base_example_gen_executor
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import proto_utils
+
+from components.flickr8k_example_gen import layout
+from models import features
+
+METRICS_NAMESPACE = 'flickr8k_example_gen'
+REPORT_PROPERTY = 'ingestion_report'
+SKIPPED_PROPERTY_PREFIX = 'skipped_'
+EXAMPLES_PROPERTY_PREFIX = 'num_examples_'
+EXAMPLES_COUNTER_PREFIX = 'examples_'
+
+# Formats the image preprocessing (tf.io.decode_image) decodes.
+SUPPORTED_FORMATS = frozenset({'JPEG', 'PNG', 'GIF', 'BMP'})
+
+
+def check_image(data: bytes) -> Optional[str]:
+    """Returns why `data` is not a usable image, or None when it decodes.
+
+    JPEGs are decoded at 1/8 scale (`draft`), which still reads every
+    compressed byte, so truncated files fail while large photos cost little.
+    """
+    if not data:
+        return 'empty file'
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format not in SUPPORTED_FORMATS:
+                return f'unsupported format {image.format}'
+            if image.format == 'JPEG':
+                image.draft('RGB', (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+    except Exception as e:  # PIL raises many types for bad data.
+        return f'{type(e).__name__}: {e}'
+    return None
+
+
+def make_example(record: layout.ImageRecord, image_bytes: bytes) -> tf.train.Example:
+    """The tf.Example of one image: id, encoded bytes and every caption."""
+    feature = {
+        features.IMAGE_ID_KEY: tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[record.image_id.encode('utf-8')])
+        ),
+        features.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes])),
+        features.CAPTIONS_KEY: tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[c.encode('utf-8') for c in record.captions])
+        ),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+class _ReadImageDoFn(beam.DoFn):
+    """Reads and checks one image; emits its tf.Example or counts why it could not."""
+
+    def __init__(self, split: str) -> None:
+        self._written = beam.metrics.Metrics.counter(METRICS_NAMESPACE, EXAMPLES_COUNTER_PREFIX + split)
+        self._unreadable = beam.metrics.Metrics.counter(
+            METRICS_NAMESPACE, layout.REASON_UNREADABLE_IMAGE
+        )
+        self._missing = beam.metrics.Metrics.counter(
+            METRICS_NAMESPACE, layout.REASON_MISSING_IMAGE_FILE
+        )
+
+    def process(self, record: layout.ImageRecord) -> Iterator[tf.train.Example]:
+        try:
+            with tf.io.gfile.GFile(record.path, 'rb') as f:
+                data = f.read()
+        except tf.errors.NotFoundError:
+            # Listed when the plan was made, gone now.
+            logging.warning('Skipping %s: image file disappeared.', record.image_id)
+            self._missing.inc()
+            return
+        problem = check_image(data)
+        if problem is not None:
+            logging.warning('Skipping %s: unreadable image (%s).', record.image_id, problem)
+            self._unreadable.inc()
+            return
+        self._written.inc()
+        yield make_example(record, data)
+
+
+@beam.ptransform_fn
+@beam.typehints.with_input_types(beam.Pipeline)
+@beam.typehints.with_output_types(tf.train.Example)
+def _Flickr8kSplitToExample(  # noqa: N802 (Beam's PTransform naming)
+    pipeline: beam.Pipeline, exec_properties: Dict[str, Any], split_pattern: str
+) -> beam.pvalue.PCollection:
+    """One split's images (chosen by `split_pattern`, a split file name) as tf.Examples."""
+    plan: layout.IngestionPlan = exec_properties[_PLAN_KEY]
+    split = _split_for_pattern(exec_properties, split_pattern)
+    return (
+        pipeline
+        | 'ListImages' >> beam.Create(plan.splits[split])
+        # Image reading is the costly step: let the runner spread it.
+        | 'Reshuffle' >> beam.Reshuffle()
+        | 'ReadImages' >> beam.ParDo(_ReadImageDoFn(split))
+    )
+
+
+_PLAN_KEY = '_flickr8k_plan'
+
+
+def _split_for_pattern(exec_properties: Dict[str, Any], pattern: str) -> str:
+    input_config = example_gen_pb2.Input()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
+    for split in input_config.splits:
+        if split.pattern == pattern:
+            return split.name
+    raise ValueError(f'No input split has pattern {pattern!r}.')
+
+
+def split_files_from_config(input_config_json: str) -> Dict[str, str]:
+    """Split name -> split file name, from the component's `input_config`.
+
+    Raises:
+      ValueError: a split pattern is a glob or a path; each must name one file.
+    """
+    input_config = example_gen_pb2.Input()
+    proto_utils.json_to_proto(input_config_json, input_config)
+    split_files = {}
+    for split in input_config.splits:
+        if any(ch in split.pattern for ch in '*?[]') or '/' in split.pattern:
+            raise ValueError(
+                f'Split {split.name!r}: pattern {split.pattern!r} must be the name of one '
+                'Flickr8k split file in input_base, e.g. Flickr_8k.trainImages.txt.'
+            )
+        split_files[split.name] = split.pattern
+    return split_files
+
+
+class Executor(base_example_gen_executor.BaseExampleGenExecutor):
+    """Flickr8k layout -> tf.Example TFRecords, one output split per split file."""
+
+    _pipeline = None
+
+    def GetInputSourceToExamplePTransform(self) -> beam.PTransform:  # noqa: N802 (TFX API)
+        return _Flickr8kSplitToExample
+
+    def _make_beam_pipeline(self):
+        # Kept so that Do can read the pipeline's counters once it has run.
+        self._pipeline = super()._make_beam_pipeline()
+        return self._pipeline
+
+    def Do(  # noqa: N802 (TFX API)
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
+        input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+        split_files = split_files_from_config(
+            exec_properties[standard_component_specs.INPUT_CONFIG_KEY]
+        )
+        # Fails at once, naming what is missing, if input_base is not Flickr8k.
+        plan = layout.load_plan(input_base, split_files)
+        for split, records in plan.splits.items():
+            logging.info('Flickr8k split %s: %d images planned.', split, len(records))
+        super().Do(input_dict, output_dict, dict(exec_properties, **{_PLAN_KEY: plan}))
+
+        counters = self._beam_counters()
+        skipped = dict(plan.skipped)
+        for reason in skipped:
+            skipped[reason] += counters.get(reason, 0)
+        report = {
+            'input_base': input_base,
+            'examples': {
+                split: counters.get(EXAMPLES_COUNTER_PREFIX + split, 0) for split in plan.splits
+            },
+            'skipped': skipped,
+        }
+        examples = artifact_utils.get_single_instance(
+            output_dict[standard_component_specs.EXAMPLES_KEY]
+        )
+        record_report(examples, report)
+
+    def _beam_counters(self) -> Dict[str, int]:
+        result = getattr(self._pipeline, 'result', None)
+        if result is None:
+            return {}
+        query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+        counts: Dict[str, int] = {}
+        for counter in query['counters']:
+            name = counter.key.metric.name
+            value = counter.committed if counter.committed is not None else counter.attempted
+            counts[name] = counts.get(name, 0) + int(value or 0)
+        return counts
+
+
+def record_report(examples: types.Artifact, report: Dict[str, Any]) -> None:
+    """Logs the ingestion report and records it on the Examples artifact."""
+    for split, count in report['examples'].items():
+        examples.set_int_custom_property(EXAMPLES_PROPERTY_PREFIX + split, count)
+    for reason, count in report['skipped'].items():
+        examples.set_int_custom_property(SKIPPED_PROPERTY_PREFIX + reason, count)
+    examples.set_string_custom_property(REPORT_PROPERTY, json.dumps(report, sort_keys=True))
+    logging.info('Flickr8k ingestion report: %s', json.dumps(report, sort_keys=True))
+    total_skipped = sum(report['skipped'].values())
+    if total_skipped:
+        logging.warning(
+            'Flickr8k ingestion skipped %d inputs: %s',
+            total_skipped,
+            {k: v for k, v in report['skipped'].items() if v},
+        )

@@ -1,0 +1,1 @@
+"""Model code: shared names, preprocessing and the caption model."""

@@ -1,0 +1,1 @@
+"""Pipeline definition, shared settings, runners and data helpers."""

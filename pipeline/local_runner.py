@@ -1,0 +1,35 @@
+"""Runs the pipeline locally with Beam's DirectRunner and an SQLite ML Metadata store.
+
+Thin by design: resolve paths, the metadata store and Beam arguments, then
+hand `create_pipeline(...)` to TFX's `LocalDagRunner`.
+"""
+
+import os
+
+from tfx import v1 as tfx
+
+from pipeline import configs
+from pipeline.pipeline import create_pipeline
+
+
+def run(
+    data_root: str,
+    output_root: str = configs.DEFAULT_OUTPUT_ROOT,
+    beam_workers: int = 1,
+    enable_cache: bool = True,
+) -> configs.LocalPaths:
+    """Runs the whole pipeline on `data_root`; returns where it wrote things."""
+    paths = configs.LocalPaths(os.path.abspath(output_root))
+    os.makedirs(os.path.dirname(paths.metadata_path), exist_ok=True)
+    pipeline = create_pipeline(
+        pipeline_name=configs.PIPELINE_NAME,
+        pipeline_root=paths.pipeline_root,
+        data_root=os.path.abspath(data_root),
+        beam_pipeline_args=configs.beam_args_for_local(beam_workers),
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            paths.metadata_path
+        ),
+        enable_cache=enable_cache,
+    )
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    return paths

@@ -1,0 +1,85 @@
+"""Reads what the latest pipeline run produced from ML Metadata, for people.
+
+Used by the CLI to print the run summary and by tests to inspect executions.
+"""
+
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+from tensorflow_metadata.proto.v0 import anomalies_pb2
+from tfx.types import artifact_utils
+
+from components.flickr8k_example_gen import executor as example_gen_executor
+
+
+def open_store(metadata_path: str) -> metadata_store.MetadataStore:
+    """Opens the SQLite ML Metadata store of a local run (read-only use)."""
+    if not os.path.exists(metadata_path):
+        raise FileNotFoundError(f'No ML Metadata store at {metadata_path}: run the pipeline first.')
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+    return metadata_store.MetadataStore(config)
+
+
+def latest_artifact(
+    store: metadata_store.MetadataStore, type_name: str
+) -> Optional[metadata_store_pb2.Artifact]:
+    """The most recently created LIVE artifact of `type_name`, or None."""
+    artifacts = [
+        a
+        for a in store.get_artifacts_by_type(type_name)
+        if a.state == metadata_store_pb2.Artifact.LIVE
+    ]
+    return max(artifacts, key=lambda a: (a.create_time_since_epoch, a.id), default=None)
+
+
+def ingestion_report(store: metadata_store.MetadataStore) -> Optional[Dict[str, Any]]:
+    """The ExampleGen's report (examples per split, skipped inputs per reason)."""
+    for artifact in sorted(
+        store.get_artifacts_by_type('Examples'), key=lambda a: -a.create_time_since_epoch
+    ):
+        prop = artifact.custom_properties.get(example_gen_executor.REPORT_PROPERTY)
+        if prop is not None:
+            return json.loads(prop.string_value)
+    return None
+
+
+def anomalies(store: metadata_store.MetadataStore) -> Dict[str, List[str]]:
+    """Data-validation anomalies per split from the latest ExampleValidator output."""
+    artifact = latest_artifact(store, 'ExampleAnomalies')
+    if artifact is None:
+        return {}
+    split_names = artifact_utils.decode_split_names(
+        artifact.properties['split_names'].string_value
+    )
+    result = {}
+    for split in split_names:
+        path = os.path.join(artifact.uri, f'Split-{split}', 'SchemaDiff.pb')
+        if not os.path.exists(path):
+            continue
+        with open(path, 'rb') as f:
+            proto = anomalies_pb2.Anomalies.FromString(f.read())
+        result[split] = sorted(
+            f'{name}: {info.short_description}' for name, info in proto.anomaly_info.items()
+        )
+    return result
+
+
+def execution_states(store: metadata_store.MetadataStore) -> List[Dict[str, Any]]:
+    """Every execution as {'component', 'state'} in creation order (for caching checks)."""
+    rows = []
+    for execution in sorted(store.get_executions(), key=lambda e: e.id):
+        component = execution.custom_properties.get('__tfx_component_id__')
+        # LocalDagRunner records the node id in the execution's type and properties.
+        name = component.string_value if component is not None else execution.name
+        rows.append(
+            {
+                'component': name,
+                'state': metadata_store_pb2.Execution.State.Name(execution.last_known_state),
+            }
+        )
+    return rows

@@ -1,0 +1,1 @@
+"""Serving: TF Serving client, local TF-Serving-compatible server, deployment files."""
