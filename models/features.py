@@ -39,3 +39,17 @@ RESERVED_TOKENS = (PAD_TOKEN, UNK_TOKEN, START_TOKEN, END_TOKEN)
 
 MAX_LEN = 20
 """Default number of tokens a caption may have after ``<start>`` (``<end>`` included)."""
+
+# --- Exported model (TF Serving) ---------------------------------------------------
+SERVING_SIGNATURE = 'serving_default'
+FEATURES_SIGNATURE = 'caption_from_features'
+IMAGE_BYTES_INPUT = 'image_bytes'
+"""string[None]: encoded images, the input of `SERVING_SIGNATURE`."""
+IMAGE_FEATURES_INPUT = 'image_features'
+"""float32[None, FEATURE_SIZE]: raw extractor features, input of `FEATURES_SIGNATURE`."""
+CAPTION_OUTPUT = 'caption'
+"""string[None]: the decoded caption, words joined by spaces, no special tokens."""
+TOKEN_IDS_OUTPUT = 'token_ids'
+"""int32[None, max_len]: generated ids, `<end>` included, then `<pad>`."""
+LENGTH_OUTPUT = 'length'
+"""int32[None]: number of words in `caption` (without `<end>`)."""
