@@ -12,7 +12,9 @@ setup(
     version='0.1.0',
     description='A production TFX pipeline for image captioning on Flickr8k.',
     python_requires='>=3.10,<3.11',
-    packages=find_packages(include=['pipeline*', 'components*', 'models*', 'serving*', 'kubeflow*']),
+    packages=find_packages(
+        include=['pipeline*', 'components*', 'models*', 'serving*', 'kubeflow*']
+    ),
     entry_points={
         'console_scripts': [
             'caption-pipeline=pipeline.cli:main',

@@ -53,3 +53,43 @@ TOKEN_IDS_OUTPUT = 'token_ids'
 """int32[None, max_len]: generated ids, `<end>` included, then `<pad>`."""
 LENGTH_OUTPUT = 'length'
 """int32[None]: number of words in `caption` (without `<end>`)."""
+
+# --- Vocabulary ids and caption normalisation (Transform) ------------------------
+PAD_ID, UNK_ID, START_ID, END_ID = range(len(RESERVED_TOKENS))
+"""Ids of the reserved tokens: they open the vocabulary in `RESERVED_TOKENS` order."""
+
+VOCAB_NAME = 'caption_vocabulary'
+"""Transform's vocabulary file name: `tft.TFTransformOutput.vocabulary_file_by_name(VOCAB_NAME)`."""
+
+MIN_WORD_COUNT = 5
+"""Default minimum number of occurrences for a word to enter the vocabulary."""
+
+CAPTION_FILTER_CHARS = '!"#$%&()*+.,-/:;=?@[\\]^_`{|}~\t\n' + '<>'
+"""Characters replaced by a space before splitting a caption into words.
+
+The tutorial's Keras `Tokenizer` filters, plus ``<`` and ``>`` so that no
+caption can spell a reserved token (the tutorial kept them only because it
+wrote ``<start>``/``<end>`` into the caption text; we add those by id).
+"""
+
+# --- Transform outputs (Transform -> Trainer) ----------------------------------------
+
+
+def transformed_name(key: str) -> str:
+    """The name of a transformed feature that would otherwise clash with its raw key."""
+    return key + '_xf'
+
+
+NORMALIZED_FEATURES_KEY = transformed_name(IMAGE_FEATURES_KEY)
+"""float32[FEATURE_SIZE]: image features z-scored per dimension over the training split."""
+
+CAPTION_IDS_KEY = 'caption_ids'
+"""int64[n_captions, max_len + 1] (first dimension ragged): `<start>` words `<end>` `<pad>`..."""
+
+# --- Transform / Trainer custom_config keys (fields of `models.hparams.HParams`) -----
+MAX_LEN_CONFIG = 'max_len'
+MIN_WORD_COUNT_CONFIG = 'min_word_count'
+
+# --- Decoder model (Trainer) ------------------------------------------------------------
+DECODER_INPUT_KEY = 'decoder_input'
+"""int[None]: the teacher-forced input ids of the training model (a caption without its last id)."""

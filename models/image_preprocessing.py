@@ -44,5 +44,7 @@ def preprocess_batch(image_bytes: tf.Tensor) -> tf.Tensor:
     return tf.map_fn(
         preprocess_image,
         image_bytes,
-        fn_output_signature=tf.TensorSpec([features.IMAGE_SIZE, features.IMAGE_SIZE, 3], tf.float32),
+        fn_output_signature=tf.TensorSpec(
+            [features.IMAGE_SIZE, features.IMAGE_SIZE, 3], tf.float32
+        ),
     )

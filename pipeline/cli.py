@@ -1,7 +1,7 @@
 """`caption-pipeline`: run the captioning pipeline and read its results.
 
-    caption-pipeline run                      # the generated sample data
-    caption-pipeline run --data ~/Flickr8k    # the real dataset
+caption-pipeline run                      # the generated sample data
+caption-pipeline run --data ~/Flickr8k    # the real dataset
 """
 
 import argparse
@@ -21,18 +21,32 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='caption-pipeline', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog='caption-pipeline',
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument('--verbose', action='store_true', help='show TensorFlow/Beam logs')
     sub = parser.add_subparsers(dest='command', required=True)
     run = sub.add_parser('run', help='run the pipeline locally (Beam DirectRunner)')
     run.add_argument('--data', help='Flickr8k directory; default: generate the sample data')
-    run.add_argument('--output', default=configs.DEFAULT_OUTPUT_ROOT,
-                     help='output root for artifacts, metadata and models (default: %(default)s)')
-    run.add_argument('--beam-workers', type=_positive_int, default=1,
-                     help='Beam worker processes; >1 uses multi_processing (default: %(default)s)')
-    run.add_argument('--sample-images', type=_positive_int, default=configs.DEFAULT_SAMPLE_IMAGES,
-                     help='size of the generated sample data (default: %(default)s)')
+    run.add_argument(
+        '--output',
+        default=configs.DEFAULT_OUTPUT_ROOT,
+        help='output root for artifacts, metadata and models (default: %(default)s)',
+    )
+    run.add_argument(
+        '--beam-workers',
+        type=_positive_int,
+        default=1,
+        help='Beam worker processes; >1 uses multi_processing (default: %(default)s)',
+    )
+    run.add_argument(
+        '--sample-images',
+        type=_positive_int,
+        default=configs.DEFAULT_SAMPLE_IMAGES,
+        help='size of the generated sample data (default: %(default)s)',
+    )
     run.add_argument('--no-cache', action='store_true', help='re-run every component')
     return parser
 
@@ -40,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _prepare_sample(paths: configs.LocalPaths, num_images: int) -> str:
     from pipeline import sample_data
 
-    marker = os.path.join(paths.sample_data, f'.generated-{num_images}-{configs.DEFAULT_SAMPLE_SEED}')
+    marker = os.path.join(
+        paths.sample_data, f'.generated-{num_images}-{configs.DEFAULT_SAMPLE_SEED}'
+    )
     if not os.path.exists(marker):
         print(f'Generating {num_images} sample images in {paths.sample_data} ...')
         sample_data.generate(paths.sample_data, num_images, configs.DEFAULT_SAMPLE_SEED)
@@ -50,7 +66,7 @@ def _prepare_sample(paths: configs.LocalPaths, num_images: int) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from components.flickr8k_example_gen import layout
-    from pipeline import local_runner, summary
+    from pipeline import local_runner
 
     paths = configs.LocalPaths(os.path.abspath(args.output))
     data = args.data or _prepare_sample(paths, args.sample_images)

@@ -1,7 +1,7 @@
 """`caption-data`: get a dataset in the Flickr8k layout.
 
-    caption-data sample --out build/sample_data --num-images 320
-    caption-data download --out ~/Flickr8k        # needs the network (~1.1 GB)
+caption-data sample --out build/sample_data --num-images 320
+caption-data download --out ~/Flickr8k        # needs the network (~1.1 GB)
 """
 
 import argparse
@@ -12,8 +12,11 @@ from pipeline import configs
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='caption-data', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog='caption-data',
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest='command', required=True)
     sample = sub.add_parser('sample', help='generate the synthetic sample dataset')
     sample.add_argument('--out', required=True)

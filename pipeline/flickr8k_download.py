@@ -27,7 +27,9 @@ _CHUNK = 1 << 20
 
 def _print_progress(name: str, done: int, total: Optional[int]) -> None:
     if total:
-        sys.stderr.write(f'\r{name}: {done / 1e6:.1f} / {total / 1e6:.1f} MB ({100 * done // total}%)')
+        sys.stderr.write(
+            f'\r{name}: {done / 1e6:.1f} / {total / 1e6:.1f} MB ({100 * done // total}%)'
+        )
     else:
         sys.stderr.write(f'\r{name}: {done / 1e6:.1f} MB')
     sys.stderr.flush()

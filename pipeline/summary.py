@@ -21,7 +21,9 @@ def open_store(metadata_path: str) -> metadata_store.MetadataStore:
         raise FileNotFoundError(f'No ML Metadata store at {metadata_path}: run the pipeline first.')
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+    config.sqlite.connection_mode = (
+        metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+    )
     return metadata_store.MetadataStore(config)
 
 
@@ -53,9 +55,7 @@ def anomalies(store: metadata_store.MetadataStore) -> Dict[str, List[str]]:
     artifact = latest_artifact(store, 'ExampleAnomalies')
     if artifact is None:
         return {}
-    split_names = artifact_utils.decode_split_names(
-        artifact.properties['split_names'].string_value
-    )
+    split_names = artifact_utils.decode_split_names(artifact.properties['split_names'].string_value)
     result = {}
     for split in split_names:
         path = os.path.join(artifact.uri, f'Split-{split}', 'SchemaDiff.pb')

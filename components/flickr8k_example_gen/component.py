@@ -30,7 +30,9 @@ def make_input_config(split_files: Optional[Mapping[str, str]] = None) -> exampl
     """
     split_files = split_files or layout.SPLIT_FILES
     return example_gen_pb2.Input(
-        splits=[example_gen_pb2.Input.Split(name=name, pattern=f) for name, f in split_files.items()]
+        splits=[
+            example_gen_pb2.Input.Split(name=name, pattern=f) for name, f in split_files.items()
+        ]
     )
 
 

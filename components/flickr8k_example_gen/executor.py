@@ -79,7 +79,9 @@ class _ReadImageDoFn(beam.DoFn):
     """Reads and checks one image; emits its tf.Example or counts why it could not."""
 
     def __init__(self, split: str) -> None:
-        self._written = beam.metrics.Metrics.counter(METRICS_NAMESPACE, EXAMPLES_COUNTER_PREFIX + split)
+        self._written = beam.metrics.Metrics.counter(
+            METRICS_NAMESPACE, EXAMPLES_COUNTER_PREFIX + split
+        )
         self._unreadable = beam.metrics.Metrics.counter(
             METRICS_NAMESPACE, layout.REASON_UNREADABLE_IMAGE
         )
@@ -128,7 +130,9 @@ _PLAN_KEY = '_flickr8k_plan'
 
 def _split_for_pattern(exec_properties: Dict[str, Any], pattern: str) -> str:
     input_config = example_gen_pb2.Input()
-    proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
+    proto_utils.json_to_proto(
+        exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config
+    )
     for split in input_config.splits:
         if split.pattern == pattern:
             return split.name
