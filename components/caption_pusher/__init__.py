@@ -1,0 +1,1 @@
+"""CaptionPusher: TFX's Pusher with atomic, warmed-up versions and the TFLite variant."""
