@@ -93,3 +93,25 @@ MIN_WORD_COUNT_CONFIG = 'min_word_count'
 # --- Decoder model (Trainer) ------------------------------------------------------------
 DECODER_INPUT_KEY = 'decoder_input'
 """int[None]: the teacher-forced input ids of the training model (a caption without its last id)."""
+
+# --- TF Serving version directory ---------------------------------------------------
+WARMUP_REQUESTS_DIR = 'assets.extra'
+"""Directory inside a SavedModel version directory that TF Serving reads warmup requests from."""
+WARMUP_REQUESTS_FILE = 'tf_serving_warmup_requests'
+"""TFRecord of `PredictionLog`s, in `WARMUP_REQUESTS_DIR`, replayed when a version is loaded."""
+
+# --- Model artifact layout, evaluation and push ---------------------------------------
+TFLITE_MODEL_DIR = 'Format-TFLite'
+"""Folder of the Trainer's Model artifact holding model.tflite and vocab.txt."""
+BLESSING_REASON_PROPERTY = 'blessing_reason'
+"""string custom property of ModelBlessing: why the model was (not) blessed."""
+TFLITE_AGREEMENT_PROPERTY = 'tflite_agreement'
+"""float custom property of ModelBlessing: share of eval images captioned identically."""
+LOSS_SIGNATURE = 'caption_loss'
+"""Evaluation signature: NORMALIZED_FEATURES_KEY float32[None, FEATURE_SIZE] and
+CAPTION_IDS_KEY int64[None, max_len + 1] (as Transform writes them, one caption
+per row) -> LOSS_OUTPUT and TOKENS_OUTPUT."""
+LOSS_OUTPUT = 'loss_sum'
+"""float32[None]: summed masked cross-entropy (nats) of each caption under teacher forcing."""
+TOKENS_OUTPUT = 'token_count'
+"""int32[None]: number of real (non-<pad>) target tokens of each caption."""

@@ -17,7 +17,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from models import features
 
-WARMUP_FILE = os.path.join('assets.extra', 'tf_serving_warmup_requests')
+WARMUP_FILE = os.path.join(features.WARMUP_REQUESTS_DIR, features.WARMUP_REQUESTS_FILE)
 TFLITE_FILE = 'model.tflite'
 
 
