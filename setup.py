@@ -19,6 +19,10 @@ setup(
         'console_scripts': [
             'caption-pipeline=pipeline.cli:main',
             'caption-data=pipeline.data_cli:main',
+            'caption-client=serving.client_cli:main',
+            'caption-server=serving.server_cli:main',
+            'caption-tflite=serving.tflite_captioner:main',
+            'caption-kfp=kubeflow.cli:main',
         ],
     },
 )

@@ -115,3 +115,13 @@ LOSS_OUTPUT = 'loss_sum'
 """float32[None]: summed masked cross-entropy (nats) of each caption under teacher forcing."""
 TOKENS_OUTPUT = 'token_count'
 """int32[None]: number of real (non-<pad>) target tokens of each caption."""
+
+# --- TFLite variant ---------------------------------------------------------------
+TFLITE_FILE = 'model.tflite'
+TFLITE_VOCAB_FILE = 'vocab.txt'
+"""One word per line, line i = id i (reserved tokens first), beside TFLITE_FILE."""
+TFLITE_SIGNATURE = 'serving_default'
+TFLITE_IMAGE_INPUT = 'image'
+"""float32[1, IMAGE_SIZE, IMAGE_SIZE, 3]: RGB resized to 299x299 and scaled to [-1, 1]."""
+TFLITE_TOKEN_IDS_OUTPUT = 'token_ids'
+"""int32[1, max_len]: greedy ids, `<end>` included, then `<pad>`."""

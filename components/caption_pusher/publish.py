@@ -18,7 +18,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from models import features
 
 WARMUP_FILE = os.path.join(features.WARMUP_REQUESTS_DIR, features.WARMUP_REQUESTS_FILE)
-TFLITE_FILE = 'model.tflite'
+TFLITE_FILE = features.TFLITE_FILE
 
 
 def integer_versions(names: Iterable[str]) -> list:

@@ -1,0 +1,1 @@
+"""CaptionEvaluator: BLEU and loss on eval/test, the blessing gate, TFLite parity."""
