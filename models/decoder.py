@@ -1,0 +1,270 @@
+"""The GRU caption decoder: the Keras training model and its one-step greedy decoding.
+
+Training uses `build_decoder`, a teacher-forced Keras model
+``(normalized image features, caption ids[:-1]) -> logits for ids[1:]``:
+
+    features -> Dense(units, tanh) ──initial state──┐ (each of the stacked GRUs)
+    ids -> Embedding(vocab, embedding_dim) -> GRU -> GRU -> GRU -> Dense(vocab) logits
+
+Inference reuses the *same layers* one token at a time: `initial_states` and
+`decode_step` are small functions of `DecoderLayers`, and `greedy_decode` runs
+them in a batched `tf.while_loop` that stops each row at ``<end>`` (no Python
+per token, no `py_function`). The loop uses only fixed-shape tensor ops
+(`tf.where` writes, no TensorArray) so the same step converts to TFLite
+builtins. `reference_greedy_decode` is the tutorial's algorithm (the whole
+Keras model re-run on the growing prefix per token), kept as the slow,
+obviously-correct reference for tests and the benchmark.
+"""
+
+import dataclasses
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from models import features
+from models.hparams import HParams
+
+# Layer names: `DecoderLayers.from_model` finds the layers by them.
+INITIAL_STATE_LAYER = 'initial_state'
+EMBEDDING_LAYER = 'embedding'
+GRU_LAYER_PREFIX = 'gru_'
+LOGITS_LAYER = 'logits'
+
+# Added to the logits of tokens that must never be generated. Large and finite
+# (not -inf) so that no NaN can appear, in TF or in TFLite.
+_FORBIDDEN_LOGIT = -1e9
+# Never emitted: <pad> and <start> are not words, and an <unk> in a caption
+# says nothing; the next best real word is more useful.
+_FORBIDDEN_IDS = (features.PAD_ID, features.UNK_ID, features.START_ID)
+NUM_RESERVED = len(features.RESERVED_TOKENS)
+
+
+def build_decoder(hparams: HParams, vocab_size: int) -> keras.Model:
+    """The teacher-forced training model.
+
+    Inputs (a dict, or a list in this order):
+      `features.NORMALIZED_FEATURES_KEY`: float32 [batch, FEATURE_SIZE].
+      `features.DECODER_INPUT_KEY`: int32 [batch, time], ``<start>`` first.
+
+    Output: float32 logits [batch, time, vocab_size] for the next token.
+
+    Args:
+      hparams: sizes (embedding_dim, units, num_layers) and the seed.
+      vocab_size: number of ids, reserved tokens included.
+
+    Raises:
+      ValueError: a vocabulary with no real word.
+    """
+    if vocab_size <= NUM_RESERVED:
+        raise ValueError(
+            f'vocab_size {vocab_size} has no word beyond the {NUM_RESERVED} reserved tokens; '
+            'lower min_word_count or check the captions.'
+        )
+    image_features = keras.Input(
+        shape=(features.FEATURE_SIZE,), dtype=tf.float32, name=features.NORMALIZED_FEATURES_KEY
+    )
+    decoder_input = keras.Input(shape=(None,), dtype=tf.int32, name=features.DECODER_INPUT_KEY)
+    # The tutorial describes this state but never passes it to the GRUs; here
+    # every GRU layer starts from the image.
+    state = keras.layers.Dense(hparams.units, activation='tanh', name=INITIAL_STATE_LAYER)(
+        image_features
+    )
+    x = keras.layers.Embedding(vocab_size, hparams.embedding_dim, name=EMBEDDING_LAYER)(
+        decoder_input
+    )
+    for i in range(hparams.num_layers):
+        x = keras.layers.GRU(
+            hparams.units, return_sequences=True, name=f'{GRU_LAYER_PREFIX}{i + 1}'
+        )(x, initial_state=state)
+    logits = keras.layers.Dense(vocab_size, name=LOGITS_LAYER)(x)
+    return keras.Model([image_features, decoder_input], logits, name='caption_decoder')
+
+
+def masked_cross_entropy(targets: tf.Tensor, logits: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Per caption: summed cross-entropy over its real (non-``<pad>``) target tokens, and their count.
+
+    The one definition of the loss, used by training (`model.masked_loss`) and
+    by the exported evaluation signature.
+
+    Args:
+      targets: int [batch, time] target ids.
+      logits: float32 [batch, time, vocab].
+
+    Returns:
+      (loss_sum float32 [batch] in nats, token_count int32 [batch]).
+    """
+    targets = tf.cast(targets, tf.int32)
+    per_token = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+    real = tf.not_equal(targets, features.PAD_ID)
+    loss_sum = tf.reduce_sum(per_token * tf.cast(real, per_token.dtype), axis=1)
+    return loss_sum, tf.reduce_sum(tf.cast(real, tf.int32), axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderLayers:
+    """The trained layers that one decoding step needs (weights shared with the Keras model)."""
+
+    initial_state: keras.layers.Dense
+    embedding: keras.layers.Embedding
+    grus: Tuple[keras.layers.GRU, ...]
+    logits: keras.layers.Dense
+
+    @classmethod
+    def from_model(cls, model: keras.Model) -> 'DecoderLayers':
+        """The layers of a model built by `build_decoder`."""
+        grus = tuple(layer for layer in model.layers if layer.name.startswith(GRU_LAYER_PREFIX))
+        if not grus:
+            raise ValueError(f'Model {model.name!r} has no {GRU_LAYER_PREFIX}* layers.')
+        return cls(
+            initial_state=model.get_layer(INITIAL_STATE_LAYER),
+            embedding=model.get_layer(EMBEDDING_LAYER),
+            grus=grus,
+            logits=model.get_layer(LOGITS_LAYER),
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.logits.units)
+
+
+def initial_states(layers: DecoderLayers, normalized_features: tf.Tensor) -> List[tf.Tensor]:
+    """float32 [batch, FEATURE_SIZE] -> one [batch, units] initial state per GRU layer."""
+    state = layers.initial_state(normalized_features)
+    return [state for _ in layers.grus]
+
+
+def decode_step(
+    layers: DecoderLayers, token_ids: tf.Tensor, states: Sequence[tf.Tensor]
+) -> Tuple[tf.Tensor, List[tf.Tensor]]:
+    """One decoding step for a batch: previous token and GRU states -> next-token logits.
+
+    Runs each GRU layer's own cell, so the weights and the arithmetic are
+    exactly those of the teacher-forced training model.
+
+    Args:
+      layers: the decoder's layers.
+      token_ids: int32 [batch], the previous token.
+      states: one float32 [batch, units] state per GRU layer.
+
+    Returns:
+      (logits float32 [batch, vocab], new states).
+    """
+    x = layers.embedding(token_ids)
+    new_states = []
+    for gru, state in zip(layers.grus, states):
+        x, state_list = gru.cell(x, [state])
+        new_states.append(state_list[0])
+    return layers.logits(x), new_states
+
+
+def next_token(logits: tf.Tensor) -> tf.Tensor:
+    """Greedy choice: float32 [batch, vocab] logits -> int32 [batch] ids, never a forbidden one."""
+    vocab_size = logits.shape[-1]
+    penalty = np.zeros([vocab_size], np.float32)
+    penalty[list(_FORBIDDEN_IDS)] = _FORBIDDEN_LOGIT
+    return tf.argmax(logits + penalty, axis=-1, output_type=tf.int32)
+
+
+def greedy_decode(
+    layers: DecoderLayers, normalized_features: tf.Tensor, max_len: int
+) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Greedy decoding of a batch inside the graph, each row stopping at ``<end>``.
+
+    The loop ends when every row has produced ``<end>`` or after `max_len`
+    tokens. Rows already finished emit ``<pad>``.
+
+    Args:
+      layers: the decoder's layers.
+      normalized_features: float32 [batch, FEATURE_SIZE], z-scored as in training.
+      max_len: the most tokens to emit per row, ``<end>`` included.
+
+    Returns:
+      token_ids int32 [batch, max_len]: words, then ``<end>``, then ``<pad>``;
+      length int32 [batch]: number of words (before ``<end>``).
+    """
+    batch_size = tf.shape(normalized_features)[0]
+    positions = tf.range(max_len, dtype=tf.int32)
+
+    def keep_going(step, tokens, states, token_ids, finished):
+        del tokens, states, token_ids
+        return tf.logical_and(step < max_len, tf.logical_not(tf.reduce_all(finished)))
+
+    def body(step, tokens, states, token_ids, finished):
+        logits, states = decode_step(layers, tokens, states)
+        tokens = tf.where(finished, features.PAD_ID, next_token(logits))
+        # Write column `step` with a select rather than a TensorArray: fixed
+        # shapes and builtin ops only (the TFLite variant reuses this loop).
+        token_ids = tf.where(
+            tf.equal(positions, step)[tf.newaxis, :], tokens[:, tf.newaxis], token_ids
+        )
+        finished = tf.logical_or(finished, tf.equal(tokens, features.END_ID))
+        return step + 1, tokens, states, token_ids, finished
+
+    loop_vars = (
+        tf.constant(0, tf.int32),
+        tf.fill([batch_size], tf.constant(features.START_ID, tf.int32)),
+        initial_states(layers, normalized_features),
+        tf.zeros([batch_size, max_len], tf.int32),
+        tf.zeros([batch_size], tf.bool),
+    )
+    _, _, _, token_ids, _ = tf.while_loop(keep_going, body, loop_vars, maximum_iterations=max_len)
+    # Generated words are exactly the ids past the reserved ones.
+    length = tf.reduce_sum(tf.cast(token_ids >= NUM_RESERVED, tf.int32), axis=1)
+    return token_ids, length
+
+
+def ids_to_captions(token_ids: tf.Tensor, length: tf.Tensor, vocabulary: tf.Tensor) -> tf.Tensor:
+    """int32 [batch, max_len] ids and int32 [batch] lengths -> string [batch] captions.
+
+    Args:
+      token_ids: output of `greedy_decode`.
+      length: output of `greedy_decode`.
+      vocabulary: string [vocab_size], word of each id.
+    """
+    words = tf.gather(vocabulary, token_ids)
+    words = tf.RaggedTensor.from_tensor(words, lengths=length)
+    return tf.strings.reduce_join(words, axis=1, separator=' ')
+
+
+def reference_greedy_decode(
+    model: keras.Model, normalized_features: np.ndarray, max_len: int
+) -> np.ndarray:
+    """The tutorial's decoding loop (fixed): re-runs the whole Keras model on the prefix per token.
+
+    One `model.predict` over the full padded sequence per emitted token, as
+    the tutorial does, but with the image wired into the initial state and the
+    same token choice as `greedy_decode`. Slow by design: the reference for
+    tests and the baseline of the benchmark.
+
+    Args:
+      model: a model built by `build_decoder`.
+      normalized_features: float32 [batch, FEATURE_SIZE].
+      max_len: the most tokens to emit per row.
+
+    Returns:
+      int32 [batch, max_len] ids, laid out as `greedy_decode`'s ``token_ids``.
+    """
+    batch_size = normalized_features.shape[0]
+    decoder_input = np.full([batch_size, max_len], features.PAD_ID, np.int32)
+    decoder_input[:, 0] = features.START_ID
+    token_ids = np.full([batch_size, max_len], features.PAD_ID, np.int32)
+    finished = np.zeros([batch_size], bool)
+    for step in range(max_len):
+        logits = model.predict(
+            {
+                features.NORMALIZED_FEATURES_KEY: normalized_features,
+                features.DECODER_INPUT_KEY: decoder_input,
+            },
+            verbose=0,
+        )
+        tokens = next_token(tf.constant(logits[:, step, :])).numpy()
+        tokens = np.where(finished, features.PAD_ID, tokens)
+        token_ids[:, step] = tokens
+        finished |= tokens == features.END_ID
+        if finished.all():
+            break
+        if step + 1 < max_len:
+            decoder_input[:, step + 1] = tokens
+    return token_ids

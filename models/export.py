@@ -1,0 +1,285 @@
+"""The ONE exported SavedModel: image bytes (or raw features) -> caption, decoded in the graph.
+
+`CaptionModel` computes, and `save_caption_model` writes as one graph:
+
+1. the shared image preprocessing (`image_preprocessing.preprocess_batch`),
+2. the extractor's exact InceptionV3 encoder,
+3. Transform's z-score of the features, as per-dimension constants
+   ``normalized = raw * scale + offset`` (`feature_normalization` reads them
+   from Transform's graph),
+4. the trained decoder, run by `decoder.greedy_decode` (a batched
+   `tf.while_loop` that stops each row at ``<end>``),
+5. the id -> word table (the vocabulary as a constant; the file is also copied
+   to the SavedModel's ``assets/``).
+
+Signatures (names in `models.features`):
+
+- `SERVING_SIGNATURE`: `IMAGE_BYTES_INPUT` string[None] ->
+  `CAPTION_OUTPUT` string[None], `TOKEN_IDS_OUTPUT` int32[None, max_len],
+  `LENGTH_OUTPUT` int32[None].
+- `FEATURES_SIGNATURE`: `IMAGE_FEATURES_INPUT` float32[None, FEATURE_SIZE]
+  (raw extractor features) -> the same outputs.
+- `LOSS_SIGNATURE` (for the evaluator): `NORMALIZED_FEATURES_KEY`
+  float32[None, FEATURE_SIZE] and `CAPTION_IDS_KEY` int64[None, max_len + 1]
+  (Transform's output, one caption per row) -> `LOSS_OUTPUT` float32[None]
+  (masked cross-entropy summed per caption) and `TOKENS_OUTPUT` int32[None].
+
+Why constants rather than Transform's Keras layer: the z-score is the only
+transformation serving needs, and as two constant vectors it needs no
+TFT ops, no dummy caption inputs and no lookup tables, so the same graph
+also converts to TFLite builtins.
+"""
+
+from typing import Dict, List, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+
+from models import decoder, features, image_preprocessing
+from models import encoder as encoder_lib
+
+
+def feature_normalization(tft_output: tft.TFTransformOutput) -> Tuple[np.ndarray, np.ndarray]:
+    """Transform's per-dimension z-score of the image features, as ``(scale, offset)``.
+
+    `tft.scale_to_z_score` is affine in each dimension, ``f(x) = x * scale +
+    offset`` (``scale = 1 / std``, or 1 where the variance is 0), so running
+    Transform's own graph on x = 0 and x = 1 recovers it exactly.
+
+    Args:
+      tft_output: Transform's output (its graph holds the training mean/var).
+
+    Returns:
+      float32 arrays ``scale`` and ``offset`` of shape [FEATURE_SIZE].
+    """
+    probe = np.stack(
+        [np.zeros(features.FEATURE_SIZE, np.float32), np.ones(features.FEATURE_SIZE, np.float32)]
+    )
+    raw_spec = tft_output.raw_feature_spec()[features.IMAGE_FEATURES_KEY]
+    if isinstance(raw_spec, tf.io.FixedLenFeature):
+        raw = tf.constant(probe)
+    else:
+        # A VarLenFeature: every value present (tf.sparse.from_dense would drop the zeros).
+        rows, cols = np.meshgrid(np.arange(2), np.arange(features.FEATURE_SIZE), indexing='ij')
+        raw = tf.SparseTensor(
+            indices=np.stack([rows.ravel(), cols.ravel()], axis=1).astype(np.int64),
+            values=probe.ravel(),
+            dense_shape=[2, features.FEATURE_SIZE],
+        )
+    # Other raw features are missing on purpose: TFT feeds placeholders for them.
+    transformed = tft_output.transform_raw_features({features.IMAGE_FEATURES_KEY: raw})
+    at_zero, at_one = np.asarray(transformed[features.NORMALIZED_FEATURES_KEY], np.float64)
+    return (at_one - at_zero).astype(np.float32), at_zero.astype(np.float32)
+
+
+def read_vocabulary(vocabulary_file: str) -> List[str]:
+    """The words of a Transform text vocabulary file, in id order."""
+    with tf.io.gfile.GFile(vocabulary_file, 'r') as f:
+        words = f.read().splitlines()
+    if tuple(words[: len(features.RESERVED_TOKENS)]) != features.RESERVED_TOKENS:
+        raise ValueError(
+            f'{vocabulary_file} should start with {features.RESERVED_TOKENS}, '
+            f'starts with {words[: len(features.RESERVED_TOKENS)]}.'
+        )
+    return words
+
+
+class CaptionModel:
+    """The combined model's computation: normalisation, greedy decoding, id -> word.
+
+    A plain Python object over the Keras encoder and decoder (so the TFLite
+    variant can reuse the same pieces); `serving_module` turns it into the
+    `tf.Module` that is saved.
+
+    Attributes:
+      encoder: float32 [N, 299, 299, 3] in [-1, 1] -> float32 [N, FEATURE_SIZE].
+      decoder_model: the trained `decoder.build_decoder` model.
+      decoder_layers: its layers, for `decoder.greedy_decode`.
+      vocabulary_file: Transform's vocabulary file.
+      words: the vocabulary, in id order.
+      max_len: the most tokens emitted per caption, ``<end>`` included.
+    """
+
+    def __init__(
+        self,
+        encoder: keras.Model,
+        decoder_model: keras.Model,
+        feature_scale: np.ndarray,
+        feature_offset: np.ndarray,
+        vocabulary_file: str,
+        max_len: int,
+    ):
+        """Args:
+        encoder: float32 [N, 299, 299, 3] in [-1, 1] -> float32 [N, FEATURE_SIZE].
+        decoder_model: a trained `decoder.build_decoder` model.
+        feature_scale: float32 [FEATURE_SIZE], from `feature_normalization`.
+        feature_offset: float32 [FEATURE_SIZE], from `feature_normalization`.
+        vocabulary_file: Transform's vocabulary (copied to the SavedModel's assets).
+        max_len: the most tokens to emit per caption, ``<end>`` included.
+
+        Raises:
+          ValueError: the vocabulary does not match the decoder, or max_len < 1.
+        """
+        self.words = read_vocabulary(vocabulary_file)
+        self.decoder_layers = decoder.DecoderLayers.from_model(decoder_model)
+        if len(self.words) != self.decoder_layers.vocab_size:
+            raise ValueError(
+                f'{vocabulary_file} has {len(self.words)} words, '
+                f'the decoder {self.decoder_layers.vocab_size}.'
+            )
+        if max_len < 1:
+            raise ValueError(f'max_len must be >= 1, got {max_len}.')
+        self.encoder = encoder
+        self.decoder_model = decoder_model
+        self.vocabulary_file = vocabulary_file
+        self.max_len = int(max_len)
+        self._vocabulary = tf.constant(self.words)
+        self._scale = tf.constant(np.asarray(feature_scale, np.float32))
+        self._offset = tf.constant(np.asarray(feature_offset, np.float32))
+
+    @property
+    def variables(self) -> List[tf.Variable]:
+        """Every variable the computation reads (encoder and decoder)."""
+        return list(self.encoder.variables) + list(self.decoder_model.variables)
+
+    def normalize(self, image_features: tf.Tensor) -> tf.Tensor:
+        """Raw extractor features -> the z-scored features the decoder was trained on."""
+        return image_features * self._scale + self._offset
+
+    def decode(self, normalized_features: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """Normalised features [N, FEATURE_SIZE] -> the signature outputs."""
+        token_ids, length = decoder.greedy_decode(
+            self.decoder_layers, normalized_features, self.max_len
+        )
+        return {
+            features.CAPTION_OUTPUT: decoder.ids_to_captions(token_ids, length, self._vocabulary),
+            features.TOKEN_IDS_OUTPUT: token_ids,
+            features.LENGTH_OUTPUT: length,
+        }
+
+    def caption_from_features(self, image_features: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """Raw float32 [N, FEATURE_SIZE] features (as the extractor writes them) -> outputs."""
+        return self.decode(self.normalize(image_features))
+
+    def caption_loss(
+        self, normalized_features: tf.Tensor, caption_ids: tf.Tensor
+    ) -> Dict[str, tf.Tensor]:
+        """Teacher-forced loss of given captions, for the evaluator.
+
+        Args:
+          normalized_features: float32 [N, FEATURE_SIZE], as Transform wrote them.
+          caption_ids: int64 [N, max_len + 1], one caption per row, as Transform wrote them.
+
+        Returns:
+          `features.LOSS_OUTPUT` float32 [N] (nats summed over each caption's
+          real target tokens) and `features.TOKENS_OUTPUT` int32 [N].
+        """
+        caption_ids = tf.cast(caption_ids, tf.int32)
+        logits = self.decoder_model(
+            {
+                features.NORMALIZED_FEATURES_KEY: normalized_features,
+                features.DECODER_INPUT_KEY: caption_ids[:, :-1],
+            },
+            training=False,
+        )
+        loss_sum, token_count = decoder.masked_cross_entropy(caption_ids[:, 1:], logits)
+        return {features.LOSS_OUTPUT: loss_sum, features.TOKENS_OUTPUT: token_count}
+
+    def caption_from_images(self, image_bytes: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """Encoded images string [N] (JPEG, PNG, GIF, BMP) -> outputs."""
+        images = image_preprocessing.preprocess_batch(image_bytes)
+        return self.caption_from_features(self.encoder(images, training=False))
+
+
+def serving_module(model: CaptionModel) -> tf.Module:
+    """The `tf.Module` to save: variables, vocabulary asset and the signature functions.
+
+    The Keras models themselves are not attached, only their variables: saving
+    then does not trace and serialise every InceptionV3 layer for Keras
+    (minutes on a CPU), and loading needs no Keras.
+
+    Returns:
+      A module with ``caption_from_images``, ``caption_from_features`` and
+      ``caption_loss`` `tf.function`s (see `signatures`).
+    """
+    module = tf.Module(name='caption_model')
+    # Tracked so that the functions' captured variables are saved with the module.
+    module.model_variables = model.variables
+    module.vocabulary_file = tf.saved_model.Asset(model.vocabulary_file)
+    # No AutoGraph: the code has no tensor-dependent Python control flow (the
+    # loop is an explicit tf.while_loop), and converting InceptionV3's ~300
+    # layer calls would add tens of seconds to every export.
+    module.caption_from_features = tf.function(
+        model.caption_from_features,
+        autograph=False,
+        input_signature=[
+            tf.TensorSpec(
+                [None, features.FEATURE_SIZE], tf.float32, name=features.IMAGE_FEATURES_INPUT
+            )
+        ],
+    )
+    module.caption_from_images = tf.function(
+        model.caption_from_images,
+        autograph=False,
+        input_signature=[tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES_INPUT)],
+    )
+    module.caption_loss = tf.function(
+        model.caption_loss,
+        autograph=False,
+        input_signature=[
+            tf.TensorSpec(
+                [None, features.FEATURE_SIZE], tf.float32, name=features.NORMALIZED_FEATURES_KEY
+            ),
+            tf.TensorSpec([None, model.max_len + 1], tf.int64, name=features.CAPTION_IDS_KEY),
+        ],
+    )
+    return module
+
+
+def signatures(module: tf.Module) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+    """The serving signatures of a `serving_module`, by name."""
+    return {
+        features.SERVING_SIGNATURE: module.caption_from_images.get_concrete_function(),
+        features.FEATURES_SIGNATURE: module.caption_from_features.get_concrete_function(),
+        features.LOSS_SIGNATURE: module.caption_loss.get_concrete_function(),
+    }
+
+
+def save_caption_model(model: CaptionModel, export_dir: str) -> None:
+    """Writes `model` as a SavedModel with its signatures (see the module docstring)."""
+    module = serving_module(model)
+    tf.saved_model.save(module, export_dir, signatures=signatures(module))
+
+
+def export_serving_model(
+    export_dir: str,
+    decoder_model: keras.Model,
+    encoder_dir: str,
+    tft_output: tft.TFTransformOutput,
+    max_len: int,
+) -> CaptionModel:
+    """Builds the combined model from the Trainer's pieces and saves it to `export_dir`.
+
+    Args:
+      export_dir: the Trainer's ``serving_model_dir``.
+      decoder_model: the trained decoder.
+      encoder_dir: the extractor's encoder Model artifact (``fn_args.base_model``).
+      tft_output: Transform's output (normalisation and vocabulary).
+      max_len: the most tokens to emit per caption.
+
+    Returns:
+      The saved model's computation (for further exports, such as TFLite).
+    """
+    scale, offset = feature_normalization(tft_output)
+    model = CaptionModel(
+        encoder=encoder_lib.load_encoder(encoder_dir),
+        decoder_model=decoder_model,
+        feature_scale=scale,
+        feature_offset=offset,
+        vocabulary_file=tft_output.vocabulary_file_by_name(features.VOCAB_NAME),
+        max_len=max_len,
+    )
+    save_caption_model(model, export_dir)
+    return model

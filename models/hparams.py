@@ -1,0 +1,103 @@
+"""Hyperparameters of Transform and the decoder, in one frozen, validated object.
+
+The pipeline builds an `HParams`, passes `transform_config()` to Transform and
+`to_custom_config()` to the Trainer; `run_fn` and `preprocessing_fn` rebuild it
+with `from_custom_config`. Only the two fields Transform uses go to Transform,
+so changing, say, the number of epochs keeps Transform's cached outputs.
+"""
+
+import dataclasses
+from typing import Any, Dict, Mapping
+
+from models import features
+
+
+@dataclasses.dataclass(frozen=True)
+class HParams:
+    """Sizes and training settings of the captioning model.
+
+    Attributes:
+      embedding_dim: size of the word embedding (`Embedding(vocab, embedding_dim)`).
+      units: size of each GRU layer, and of the `Dense(units, tanh)` that maps the
+        image features to the GRUs' initial state.
+      num_layers: number of stacked GRU layers.
+      learning_rate: RMSprop learning rate.
+      batch_size: (image, caption) pairs per training step.
+      epochs: maximum number of epochs; early stopping may end sooner.
+      patience: epochs without a lower eval loss before training stops.
+      max_len: tokens a caption may have after `<start>`, `<end>` included;
+        Transform pads or truncates to ``max_len + 1`` ids, and the exported
+        model emits at most ``max_len`` tokens.
+      min_word_count: a word enters the vocabulary when seen this many times
+        in the training captions; rarer words become `<unk>`.
+      shuffle_buffer: (image, caption) pairs in the training shuffle buffer.
+      seed: seed of weight initialisation and shuffling.
+    """
+
+    embedding_dim: int = 256
+    units: int = 512
+    num_layers: int = 3
+    learning_rate: float = 1e-3
+    batch_size: int = 64
+    epochs: int = 10
+    patience: int = 2
+    max_len: int = features.MAX_LEN
+    min_word_count: int = features.MIN_WORD_COUNT
+    shuffle_buffer: int = 10_000
+    seed: int = 0
+
+    def validate(self) -> 'HParams':
+        """Checks every field; returns self so calls can chain.
+
+        Raises:
+          ValueError: naming each field that is out of range.
+        """
+        problems = []
+        for name in ('embedding_dim', 'units', 'num_layers', 'batch_size', 'epochs'):
+            if getattr(self, name) < 1:
+                problems.append(f'{name} must be >= 1, got {getattr(self, name)}')
+        for name in ('patience', 'shuffle_buffer', 'seed'):
+            if getattr(self, name) < 0:
+                problems.append(f'{name} must be >= 0, got {getattr(self, name)}')
+        if not self.learning_rate > 0:
+            problems.append(f'learning_rate must be > 0, got {self.learning_rate}')
+        if self.max_len < 2:
+            problems.append(f'max_len must be >= 2 (one word and <end>), got {self.max_len}')
+        if self.min_word_count < 1:
+            problems.append(f'min_word_count must be >= 1, got {self.min_word_count}')
+        if problems:
+            raise ValueError('Invalid hyperparameters: ' + '; '.join(problems) + '.')
+        return self
+
+    @classmethod
+    def from_custom_config(cls, custom_config: Mapping[str, Any]) -> 'HParams':
+        """Builds and validates hyperparameters from a component's ``custom_config``.
+
+        Missing fields keep their defaults; values are converted to the field's
+        type (custom_config travels as JSON, so ints may arrive as floats).
+
+        Raises:
+          ValueError: an unknown key (likely a typo) or an invalid value.
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(custom_config) - set(fields))
+        if unknown:
+            raise ValueError(f'Unknown hyperparameters {unknown}; known: {sorted(fields)}.')
+        values = {}
+        for name, value in custom_config.items():
+            field_type = type(getattr(cls(), name))
+            if field_type is int and float(value) != int(value):
+                raise ValueError(f'{name} must be an integer, got {value!r}.')
+            values[name] = field_type(value)
+        return cls(**values).validate()
+
+    def to_custom_config(self) -> Dict[str, Any]:
+        """Every field, for the Trainer's ``custom_config``."""
+        return dataclasses.asdict(self)
+
+    def transform_config(self) -> Dict[str, Any]:
+        """The fields Transform uses, for Transform's ``custom_config``."""
+        return {
+            features.MAX_LEN_CONFIG: self.max_len,
+            features.MIN_WORD_COUNT_CONFIG: self.min_word_count,
+        }

@@ -1,0 +1,182 @@
+"""Tiny, learnable extractor-like data and real TFT runs over it, for the Transform/Trainer tests.
+
+`synthetic_images` imitates the ImageFeatureExtractor's output: raw features
+at random-weight InceptionV3 scale (std ~5e-4) in which a few dimensions carry
+the colour and the shape (blocks of dimensions), and 3 to 5 captions per image naming both. After
+Transform's z-score the signal is strong, so a small decoder learns it in a
+few epochs on a CPU.
+
+`run_transform` runs the real `models.preprocessing.preprocessing_fn` with
+tf.Transform's Beam implementation and writes what TFX Transform would: the
+transform graph directory and GZIP TFRecords of transformed examples under
+``Split-<name>/``.
+"""
+
+import dataclasses
+import os
+import tempfile
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+import tensorflow_transform.beam as tft_beam
+import tf_keras as keras
+from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
+
+from models import features, preprocessing
+
+COLOURS = ('red', 'green', 'blue')
+SHAPES = ('circle', 'square')
+# Each colour and each shape raises its own block of raw feature dimensions
+# (blocks, not single dimensions: after the z-score the other ~1800 noise
+# dimensions have unit variance too, and 36 images must suffice to learn).
+_BLOCK = 64
+_SHAPES_START = len(COLOURS) * _BLOCK
+_FEATURE_NOISE = 5e-4
+_SIGNAL = 5e-3
+
+CAPTION_TEMPLATES = (
+    'A {colour} {shape}.',
+    'The {colour} {shape}, alone!',
+    'a {shape} that is {colour}',
+    'One {colour} {shape} in the picture',
+    'A {colour}-coloured {shape}',
+)
+
+
+def raw_feature_spec() -> Dict[str, Any]:
+    """The extractor's examples as Transform sees them (captions variable in number)."""
+    return {
+        features.IMAGE_ID_KEY: tf.io.FixedLenFeature([], tf.string),
+        features.IMAGE_FEATURES_KEY: tf.io.FixedLenFeature([features.FEATURE_SIZE], tf.float32),
+        features.CAPTIONS_KEY: tf.io.VarLenFeature(tf.string),
+    }
+
+
+def synthetic_images(count: int, seed: int) -> List[Dict[str, Any]]:
+    """`count` extractor-like instances; image i shows COLOURS[i % 3] and SHAPES[(i // 3) % 2]."""
+    rng = np.random.default_rng(seed)
+    instances = []
+    for i in range(count):
+        colour = COLOURS[i % len(COLOURS)]
+        shape = SHAPES[(i // len(COLOURS)) % len(SHAPES)]
+        raw = rng.normal(0.0, _FEATURE_NOISE, features.FEATURE_SIZE).astype(np.float32)
+        c, s = COLOURS.index(colour), SHAPES.index(shape)
+        raw[c * _BLOCK : (c + 1) * _BLOCK] += _SIGNAL
+        raw[_SHAPES_START + s * _BLOCK : _SHAPES_START + (s + 1) * _BLOCK] += _SIGNAL
+        n_captions = 3 + i % 3  # 3, 4 or 5 captions: the count varies
+        captions = [
+            t.format(colour=colour, shape=shape).encode() for t in CAPTION_TEMPLATES[:n_captions]
+        ]
+        instances.append(
+            {
+                features.IMAGE_ID_KEY: f'{seed}_{i}.jpg'.encode(),
+                features.IMAGE_FEATURES_KEY: raw,
+                features.CAPTIONS_KEY: captions,
+            }
+        )
+    return instances
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformRun:
+    """Where `run_transform` wrote its outputs."""
+
+    transform_dir: str
+    examples_dir: str
+    splits: Sequence[str]
+
+    def file_pattern(self, split: str) -> str:
+        return os.path.join(self.examples_dir, f'Split-{split}', '*')
+
+    @property
+    def tft_output(self) -> tft.TFTransformOutput:
+        return tft.TFTransformOutput(self.transform_dir)
+
+
+def run_transform(
+    splits: Mapping[str, Sequence[Dict[str, Any]]],
+    output_dir: str,
+    custom_config: Optional[Dict[str, Any]] = None,
+    analyze_split: str = features.TRAIN_SPLIT,
+) -> TransformRun:
+    """Analyzes `analyze_split`, transforms every split and writes them as TFX Transform does.
+
+    Args:
+      splits: split name -> raw instances (see `synthetic_images`).
+      output_dir: gets ``transform_graph/`` and ``transformed_examples/Split-*/``.
+      custom_config: passed to `preprocessing_fn`.
+      analyze_split: the split the vocabulary and statistics come from.
+    """
+    metadata = dataset_metadata.DatasetMetadata(
+        schema_utils.schema_from_feature_spec(raw_feature_spec())
+    )
+    transform_dir = os.path.join(output_dir, 'transform_graph')
+    examples_dir = os.path.join(output_dir, 'transformed_examples')
+
+    def fn(inputs):
+        return preprocessing.preprocessing_fn(inputs, custom_config)
+
+    with tft_beam.Context(temp_dir=tempfile.mkdtemp(dir=output_dir), force_tf_compat_v1=False):
+        transform_fn = (list(splits[analyze_split]), metadata) | tft_beam.AnalyzeDataset(fn)
+        _ = transform_fn | tft_beam.WriteTransformFn(transform_dir)
+        # TFX Transform also keeps the raw schema beside the graph.
+        metadata_io.write_metadata(
+            metadata, os.path.join(transform_dir, tft.TFTransformOutput.RAW_METADATA_DIR)
+        )
+        for split, instances in splits.items():
+            transformed, transformed_metadata = (
+                (list(instances), metadata),
+                transform_fn,
+            ) | tft_beam.TransformDataset(output_record_batches=False)
+            coder = tft.coders.ExampleProtoCoder(transformed_metadata.schema)
+            split_dir = os.path.join(examples_dir, f'Split-{split}')
+            tf.io.gfile.makedirs(split_dir)
+            path = os.path.join(split_dir, 'transformed_examples-00000-of-00001.gz')
+            with tf.io.TFRecordWriter(path, options='GZIP') as writer:
+                for instance in transformed:
+                    writer.write(coder.encode(instance))
+    return TransformRun(transform_dir, examples_dir, tuple(splits))
+
+
+def write_raw_examples(instances: Sequence[Dict[str, Any]], path: str) -> None:
+    """Writes extractor-like instances as a GZIP TFRecord of tf.Examples."""
+    with tf.io.TFRecordWriter(path, options='GZIP') as writer:
+        for instance in instances:
+            feature = {
+                features.IMAGE_ID_KEY: tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[instance[features.IMAGE_ID_KEY]])
+                ),
+                features.IMAGE_FEATURES_KEY: tf.train.Feature(
+                    float_list=tf.train.FloatList(value=instance[features.IMAGE_FEATURES_KEY])
+                ),
+                features.CAPTIONS_KEY: tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=instance[features.CAPTIONS_KEY])
+                ),
+            }
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writer.write(example.SerializeToString())
+
+
+def write_vocabulary(words: Sequence[str], path: str) -> str:
+    """A Transform-style vocabulary file: the reserved tokens, then `words`."""
+    with open(path, 'w') as f:
+        f.write('\n'.join(list(features.RESERVED_TOKENS) + list(words)) + '\n')
+    return path
+
+
+def tiny_encoder(seed: int = 0) -> keras.Model:
+    """A fast stand-in for InceptionV3 with its contract: [N, 299, 299, 3] -> [N, FEATURE_SIZE].
+
+    Pools the image to a few colour statistics, so different colours give
+    different features; the export plumbing under test is the same as with
+    the real encoder.
+    """
+    keras.utils.set_random_seed(seed)
+    image = keras.Input([features.IMAGE_SIZE, features.IMAGE_SIZE, 3])
+    x = keras.layers.AveragePooling2D(pool_size=23)(image)  # 13 x 13 x 3
+    x = keras.layers.Conv2D(4, 3, activation='relu')(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(features.FEATURE_SIZE, activation='relu')(x)
+    return keras.Model(image, x, name='tiny_encoder')
