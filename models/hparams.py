@@ -11,6 +11,8 @@ from typing import Any, Dict, Mapping
 
 from models import features
 
+TFLITE_QUANTIZATIONS = ('dynamic', 'float16', 'float32', 'none')
+
 
 @dataclasses.dataclass(frozen=True)
 class HParams:
@@ -32,6 +34,8 @@ class HParams:
         in the training captions; rarer words become `<unk>`.
       shuffle_buffer: (image, caption) pairs in the training shuffle buffer.
       seed: seed of weight initialisation and shuffling.
+      tflite_quantization: the TFLite variant's weights: 'dynamic' (int8
+        weights, default), 'float16', 'float32', or 'none' to skip it.
     """
 
     embedding_dim: int = 256
@@ -45,6 +49,7 @@ class HParams:
     min_word_count: int = features.MIN_WORD_COUNT
     shuffle_buffer: int = 10_000
     seed: int = 0
+    tflite_quantization: str = 'dynamic'
 
     def validate(self) -> 'HParams':
         """Checks every field; returns self so calls can chain.
@@ -65,6 +70,11 @@ class HParams:
             problems.append(f'max_len must be >= 2 (one word and <end>), got {self.max_len}')
         if self.min_word_count < 1:
             problems.append(f'min_word_count must be >= 1, got {self.min_word_count}')
+        if self.tflite_quantization not in TFLITE_QUANTIZATIONS:
+            problems.append(
+                f'tflite_quantization must be one of {TFLITE_QUANTIZATIONS}, '
+                f'got {self.tflite_quantization!r}'
+            )
         if problems:
             raise ValueError('Invalid hyperparameters: ' + '; '.join(problems) + '.')
         return self

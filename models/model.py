@@ -21,7 +21,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from models import decoder, export, features
+from models import decoder, export, features, tflite_export
 from models.hparams import HParams
 
 # Examples parsed per `tf.io.parse_example` call before they are split into pairs.
@@ -259,10 +259,20 @@ def run_fn(fn_args) -> None:
         steps_per_epoch=steps_per_epoch,
         validation_steps=validation_steps,
     )
-    export.export_serving_model(
+    caption_model = export.export_serving_model(
         fn_args.serving_model_dir,
         decoder_model=model,
         encoder_dir=fn_args.base_model,
         tft_output=tft_output,
         max_len=max_len,
     )
+    if hparams.tflite_quantization != 'none':
+        # The phone variant of the same weights, beside Format-Serving in the
+        # Model artifact; the evaluator checks its parity, the Pusher publishes it.
+        tflite_dir = os.path.join(
+            os.path.dirname(fn_args.serving_model_dir.rstrip('/')), features.TFLITE_MODEL_DIR
+        )
+        path = tflite_export.write_tflite(
+            caption_model, caption_model.words, tflite_dir, hparams.tflite_quantization
+        )
+        logging.info('Wrote the TFLite variant (%s) to %s.', hparams.tflite_quantization, path)

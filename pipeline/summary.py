@@ -83,3 +83,64 @@ def execution_states(store: metadata_store.MetadataStore) -> List[Dict[str, Any]
             }
         )
     return rows
+
+
+def raw_examples(store: metadata_store.MetadataStore) -> Optional[metadata_store_pb2.Artifact]:
+    """The latest ExampleGen output (the Examples that carry an ingestion report)."""
+    candidates = [
+        a
+        for a in store.get_artifacts_by_type('Examples')
+        if example_gen_executor.REPORT_PROPERTY in a.custom_properties
+    ]
+    return max(candidates, key=lambda a: (a.create_time_since_epoch, a.id), default=None)
+
+
+def latest_pushed(store: metadata_store.MetadataStore) -> Dict[str, Any]:
+    """Where the latest push went: {'version', 'saved_model', 'tflite'} (empty if none)."""
+    from components.caption_pusher import executor as pusher_executor
+    from models import features
+
+    pushed = [
+        a
+        for a in store.get_artifacts_by_type('PushedModel')
+        if a.custom_properties.get('pushed') is not None
+        and a.custom_properties['pushed'].int_value == 1
+    ]
+    latest = max(pushed, key=lambda a: (a.create_time_since_epoch, a.id), default=None)
+    if latest is None:
+        return {}
+    props = latest.custom_properties
+    tflite_dir = props.get(pusher_executor.TFLITE_DESTINATION_KEY)
+    return {
+        'version': props['pushed_version'].string_value,
+        'saved_model': props['pushed_destination'].string_value,
+        'tflite': (
+            os.path.join(tflite_dir.string_value, features.TFLITE_FILE) if tflite_dir else None
+        ),
+    }
+
+
+def latest_decision(store: metadata_store.MetadataStore) -> Optional[Dict[str, Any]]:
+    """The latest blessing: {'blessed', 'reason', 'pushed', 'not_pushed_reason'}."""
+    from components.caption_pusher import executor as pusher_executor
+    from models import features
+
+    blessing = latest_artifact(store, 'ModelBlessing')
+    if blessing is None:
+        return None
+    props = blessing.custom_properties
+    push = latest_artifact(store, 'PushedModel')
+    return {
+        'blessed': props['blessed'].int_value == 1 if 'blessed' in props else False,
+        'reason': props[features.BLESSING_REASON_PROPERTY].string_value
+        if features.BLESSING_REASON_PROPERTY in props
+        else '',
+        'pushed': bool(push and push.custom_properties['pushed'].int_value == 1)
+        if push is not None and 'pushed' in push.custom_properties
+        else False,
+        'not_pushed_reason': push.custom_properties[
+            pusher_executor.NOT_PUSHED_REASON_KEY
+        ].string_value
+        if push is not None and pusher_executor.NOT_PUSHED_REASON_KEY in push.custom_properties
+        else '',
+    }
