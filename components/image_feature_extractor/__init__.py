@@ -1,0 +1,1 @@
+"""ImageFeatureExtractor: InceptionV3 image features for every ExampleGen example."""
