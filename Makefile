@@ -2,7 +2,6 @@
 # needs first (scripts/install.sh is a no-op when .venv matches the lock).
 PY := .venv/bin/python
 export TF_USE_LEGACY_KERAS := 1
-export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONHASHSEED := 0
 
 .PHONY: install demo test lint format lock clean

@@ -1,14 +1,17 @@
-"""`caption-pipeline`: run the captioning pipeline and read its results.
+"""`caption-pipeline`: run the captioning pipeline, caption images, rebuild the report.
 
-caption-pipeline run                      # the generated sample data
-caption-pipeline run --data ~/Flickr8k    # the real dataset
+caption-pipeline run                              # the generated sample data
+caption-pipeline run --data ~/Flickr8k            # the real dataset
+caption-pipeline caption photo.jpg other.png      # the latest pushed model
+caption-pipeline report                           # rebuild build/report/
 """
 
 import argparse
+import json
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from pipeline import configs, quiet
 
@@ -20,21 +23,31 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _hparam(text: str):
+    key, sep, value = text.partition('=')
+    if not sep:
+        raise argparse.ArgumentTypeError(f'expected KEY=VALUE, got {text!r}')
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='caption-pipeline',
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument('--verbose', action='store_true', help='show TensorFlow/Beam logs')
+    parser.add_argument('--verbose', action='store_true', help='show TensorFlow/Beam/TFX logs')
+    parser.add_argument(
+        '--output',
+        default=configs.DEFAULT_OUTPUT_ROOT,
+        help='output root for artifacts, metadata, models and report (default: %(default)s)',
+    )
     sub = parser.add_subparsers(dest='command', required=True)
     run = sub.add_parser('run', help='run the pipeline locally (Beam DirectRunner)')
     run.add_argument('--data', help='Flickr8k directory; default: generate the sample data')
-    run.add_argument(
-        '--output',
-        default=configs.DEFAULT_OUTPUT_ROOT,
-        help='output root for artifacts, metadata and models (default: %(default)s)',
-    )
     run.add_argument(
         '--beam-workers',
         type=_positive_int,
@@ -47,7 +60,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=configs.DEFAULT_SAMPLE_IMAGES,
         help='size of the generated sample data (default: %(default)s)',
     )
+    run.add_argument(
+        '--encoder-weights',
+        help="InceptionV3 weights: 'imagenet' (default with --data), 'random' (default for the "
+        'sample data) or a weights file path',
+    )
+    run.add_argument('--train-steps', type=_positive_int, help='total training steps')
+    run.add_argument(
+        '--hparam',
+        action='append',
+        type=_hparam,
+        default=[],
+        metavar='KEY=VALUE',
+        help='a models.hparams.HParams field, e.g. --hparam epochs=20 (repeatable)',
+    )
+    run.add_argument('--min-bleu-4', type=float, help='blessing threshold on eval BLEU-4')
+    run.add_argument('--max-loss', type=float, help='blessing threshold on eval loss')
     run.add_argument('--no-cache', action='store_true', help='re-run every component')
+    caption = sub.add_parser('caption', help='caption images with the latest pushed model')
+    caption.add_argument('images', nargs='+')
+    caption.add_argument(
+        '--model-dir', help='a SavedModel version directory (default: latest push)'
+    )
+    sub.add_parser('report', help="rebuild the latest run's HTML report and contact sheet")
     return parser
 
 
@@ -64,49 +99,196 @@ def _prepare_sample(paths: configs.LocalPaths, num_images: int) -> str:
     return paths.sample_data
 
 
+def pipeline_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """create_pipeline arguments from the flags; the sample data's defaults without --data."""
+    sample = not args.data
+    hparams = dict(configs.SAMPLE_HPARAMS) if sample else {}
+    hparams.update(dict(args.hparam))
+    out = {
+        'encoder_weights': args.encoder_weights
+        or (configs.SAMPLE_ENCODER_WEIGHTS if sample else 'imagenet'),
+        'hparams': hparams,
+        'train_steps': args.train_steps,
+    }
+    min_bleu_4 = (
+        args.min_bleu_4
+        if args.min_bleu_4 is not None
+        else (configs.SAMPLE_MIN_BLEU_4 if sample else None)
+    )
+    if min_bleu_4 is not None:
+        out['min_bleu_4'] = min_bleu_4
+    if args.max_loss is not None:
+        out['max_loss'] = args.max_loss
+    return out
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from components.flickr8k_example_gen import layout
-    from pipeline import local_runner
 
     paths = configs.LocalPaths(os.path.abspath(args.output))
     data = args.data or _prepare_sample(paths, args.sample_images)
     try:
         layout.check_layout(data)
-    except layout.Flickr8kLayoutError as e:
+        kwargs = pipeline_args(args)
+        from pipeline import local_runner, progress
+        from pipeline.pipeline import create_pipeline
+
+        # Fail on bad flags before any work starts.
+        create_pipeline('check', '/tmp/check', data, paths.serving_root, **kwargs)
+    except (layout.Flickr8kLayoutError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     print(f'Running {configs.PIPELINE_NAME} on {data} -> {paths.output_root}')
+    print(f'  encoder weights: {kwargs["encoder_weights"]}, hyperparameters: {kwargs["hparams"]}')
+    progress.attach()
     start = time.monotonic()
-    local_runner.run(data, args.output, args.beam_workers, enable_cache=not args.no_cache)
+    local_runner.run(data, args.output, args.beam_workers, enable_cache=not args.no_cache, **kwargs)
     print(f'Pipeline finished in {time.monotonic() - start:.1f} s')
     print_summary(paths)
     return 0
 
 
 def print_summary(paths: configs.LocalPaths) -> None:
-    """Prints examples per split, skipped inputs and data anomalies of the latest run."""
+    """Prints what the latest run produced: data, validation, metrics, decision, models."""
     from pipeline import summary
 
     store = summary.open_store(paths.metadata_path)
     report = summary.ingestion_report(store)
     if report:
-        print('\nExamples per split:')
-        for split, count in report['examples'].items():
-            print(f'  {split:<6} {count:>6}')
-        print('Skipped inputs:')
-        for reason, count in report['skipped'].items():
-            print(f'  {reason:<24} {count:>6}')
+        print(
+            '\nExamples per split: ' + ', '.join(f'{s} {n}' for s, n in report['examples'].items())
+        )
+        skipped = {k: v for k, v in report['skipped'].items() if v}
+        print('Skipped inputs: ' + (', '.join(f'{k} {v}' for k, v in skipped.items()) or 'none'))
     found = summary.anomalies(store)
     if found:
-        print('Data validation (ExampleValidator):')
-        for split, items in found.items():
-            print(f'  {split:<6} ' + ('; '.join(items) if items else 'no anomalies'))
+        bad = {s: items for s, items in found.items() if items}
+        print(
+            'Data validation: '
+            + ('; '.join(f'{s}: {", ".join(i)}' for s, i in bad.items()) or 'no anomalies')
+        )
+    metrics = summary.evaluation_metrics(store)
+    if metrics:
+        print('\n' + format_bleu_table(metrics))
+    decision = summary.latest_decision(store)
+    if decision:
+        verdict = 'BLESSED' if decision['blessed'] else 'NOT blessed'
+        print(f'\nModel {verdict}: {decision["reason"]}')
+        if not decision['pushed']:
+            print(
+                'Nothing pushed'
+                + (f': {decision["not_pushed_reason"]}' if decision['not_pushed_reason'] else '.')
+            )
+    pushed = summary.latest_pushed(store)
+    if pushed and decision and decision['pushed']:
+        print(f'Pushed SavedModel: {pushed["saved_model"]}')
+        print(f'Pushed TFLite:     {pushed["tflite"] or "not published (see evaluator)"}')
+        _print_sample_captions(store, pushed['saved_model'])
+    try:
+        from pipeline import report as report_lib
+
+        built = report_lib.build_report(paths)
+        print(f'\nReport: {built["html"]} (contact sheet {built["contact_sheet"]})')
+    except FileNotFoundError:
+        pass
+
+
+def format_bleu_table(metrics: Dict[str, Any]) -> str:
+    header = f'{"split":<6} {"BLEU-1":>7} {"BLEU-2":>7} {"BLEU-3":>7} {"BLEU-4":>7} {"loss":>7}  {"baseline BLEU-4":>15}'
+    lines = [header]
+    for split, result in metrics['splits'].items():
+        m = result['metrics']
+        lines.append(
+            f'{split:<6} '
+            + ' '.join(f'{m[f"bleu_{n}"]:>7.4f}' for n in range(1, 5))
+            + f' {m["loss"]:>7.4f}  {result["most_frequent_caption_bleu"]["bleu_4"]:>15.4f}'
+        )
+    lines.append('(baseline: the most frequent training caption for every image)')
+    if metrics.get('tflite_agreement') is not None:
+        lines.append(
+            f'TFLite caption agreement with the SavedModel: {metrics["tflite_agreement"]:.1%}'
+        )
+    return '\n'.join(lines)
+
+
+def _print_sample_captions(store, model_dir: str, count: int = 3) -> None:
+    from models import features
+    from pipeline import report as report_lib
+    from pipeline import summary
+
+    raw = summary.raw_examples(store)
+    if raw is None:
+        return
+    images = report_lib.first_images(raw.uri, features.TEST_SPLIT, count)
+    captions = caption_bytes(model_dir, [data for _, data in images])
+    print(f'\nCaptions for {len(images)} test images (in-process SavedModel):')
+    for (image_id, _), caption in zip(images, captions):
+        print(f'  {image_id}: {caption}')
+
+
+def caption_bytes(model_dir: str, images: List[bytes]) -> List[str]:
+    """Captions encoded images with a SavedModel version directory, in-process."""
+    import tensorflow as tf
+
+    from models import features
+
+    signature = tf.saved_model.load(model_dir).signatures[features.SERVING_SIGNATURE]
+    out = signature(**{features.IMAGE_BYTES_INPUT: tf.constant(images)})
+    return [c.decode('utf-8') for c in out[features.CAPTION_OUTPUT].numpy()]
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    from pipeline import summary
+
+    model_dir = args.model_dir
+    if not model_dir:
+        paths = configs.LocalPaths(os.path.abspath(args.output))
+        try:
+            model_dir = summary.latest_pushed(summary.open_store(paths.metadata_path)).get(
+                'saved_model'
+            )
+        except FileNotFoundError as e:
+            print(f'error: {e}', file=sys.stderr)
+            return 2
+        if not model_dir:
+            print(
+                'error: no model has been pushed yet: run `caption-pipeline run`.', file=sys.stderr
+            )
+            return 2
+    images = []
+    for path in args.images:
+        try:
+            with open(path, 'rb') as f:
+                images.append(f.read())
+        except OSError as e:
+            print(f'error: {e}', file=sys.stderr)
+            return 2
+    try:
+        captions = caption_bytes(model_dir, images)
+    except Exception as e:  # TensorFlow raises InvalidArgumentError for undecodable images
+        print(f'error: could not caption: {str(e).splitlines()[0]}', file=sys.stderr)
+        return 1
+    for path, caption in zip(args.images, captions):
+        print(f'{path}\t{caption}')
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline import report as report_lib
+
+    try:
+        built = report_lib.build_report(configs.LocalPaths(os.path.abspath(args.output)))
+    except FileNotFoundError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    print(f'Report: {built["html"]}\nContact sheet: {built["contact_sheet"]}')
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     quiet.configure(args.verbose)
-    return {'run': cmd_run}[args.command](args)
+    return {'run': cmd_run, 'caption': cmd_caption, 'report': cmd_report}[args.command](args)
 
 
 if __name__ == '__main__':

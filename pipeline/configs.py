@@ -57,3 +57,18 @@ def beam_args_for_local(num_workers: int) -> List[str]:
     if num_workers == 1:
         return ['--direct_running_mode=in_memory', '--direct_num_workers=1']
     return ['--direct_running_mode=multi_processing', f'--direct_num_workers={num_workers}']
+
+
+SAMPLE_ENCODER_WEIGHTS = 'random'
+"""The sample data runs offline: seeded random InceptionV3 weights (features
+still separate colour, shape and position; Transform z-scores them)."""
+
+SAMPLE_HPARAMS = {'min_word_count': 1, 'tflite_quantization': 'float32'}
+"""Hyperparameters for the sample data: every word kept, and a float32 TFLite
+variant. Dynamic-range quantisation (the default for real data) also quantises
+activations on the fly; on a *random-weight* InceptionV3 that erases the image
+signal (feature correlation with TensorFlow's 0.02, measured), so the offline
+demo ships float32 weights. With ImageNet weights dynamic range is the default."""
+
+SAMPLE_MIN_BLEU_4 = 0.1
+"""The sample data's blessing threshold (a model that ignores the image scores less)."""

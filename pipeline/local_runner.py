@@ -5,6 +5,7 @@ hand `create_pipeline(...)` to TFX's `LocalDagRunner`.
 """
 
 import os
+from typing import Any
 
 from tfx import v1 as tfx
 
@@ -17,19 +18,33 @@ def run(
     output_root: str = configs.DEFAULT_OUTPUT_ROOT,
     beam_workers: int = 1,
     enable_cache: bool = True,
+    **pipeline_args: Any,
 ) -> configs.LocalPaths:
-    """Runs the whole pipeline on `data_root`; returns where it wrote things."""
+    """Runs the whole pipeline on `data_root`; returns where it wrote things.
+
+    Args:
+      data_root: a Flickr8k-layout directory.
+      output_root: artifacts, metadata, pushed models and reports go under it.
+      beam_workers: DirectRunner processes (see `configs.beam_args_for_local`).
+      enable_cache: reuse unchanged components' outputs.
+      **pipeline_args: further `create_pipeline` arguments (encoder_weights,
+        hparams, train_steps, min_bleu_4, ...).
+    """
     paths = configs.LocalPaths(os.path.abspath(output_root))
     os.makedirs(os.path.dirname(paths.metadata_path), exist_ok=True)
     pipeline = create_pipeline(
         pipeline_name=configs.PIPELINE_NAME,
         pipeline_root=paths.pipeline_root,
         data_root=os.path.abspath(data_root),
+        serving_root=paths.serving_root,
+        tflite_root=paths.tflite_root,
+        model_name=configs.MODEL_NAME,
         beam_pipeline_args=configs.beam_args_for_local(beam_workers),
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             paths.metadata_path
         ),
         enable_cache=enable_cache,
+        **pipeline_args,
     )
     tfx.orchestration.LocalDagRunner().run(pipeline)
     return paths

@@ -222,3 +222,18 @@ def build_report(paths, output_dir: Optional[str] = None) -> Dict[str, str]:
     with open(html_path, 'w', encoding='utf-8') as f:
         f.write(render_html(report, curves, sizes, sheet))
     return {'html': html_path, 'contact_sheet': sheet_path}
+
+
+def first_images(raw_examples_uri: str, split: str, count: int) -> List[Tuple[str, bytes]]:
+    """The first `count` (image_id, bytes) of a split of ExampleGen's output."""
+    files = sorted(tf.io.gfile.glob(os.path.join(raw_examples_uri, f'Split-{split}', '*')))
+    out = []
+    for record in tf.data.TFRecordDataset(files, compression_type='GZIP').take(count):
+        example = tf.train.Example.FromString(record.numpy()).features.feature
+        out.append(
+            (
+                example[features.IMAGE_ID_KEY].bytes_list.value[0].decode('utf-8'),
+                example[features.IMAGE_KEY].bytes_list.value[0],
+            )
+        )
+    return out

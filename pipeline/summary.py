@@ -70,12 +70,15 @@ def anomalies(store: metadata_store.MetadataStore) -> Dict[str, List[str]]:
 
 
 def execution_states(store: metadata_store.MetadataStore) -> List[Dict[str, Any]]:
-    """Every execution as {'component', 'state'} in creation order (for caching checks)."""
+    """Every execution as {'component', 'state'} in creation order (for caching checks).
+
+    The component is the node id of the execution's TFX `node` context.
+    """
+    node_type = store.get_context_type('node').id
     rows = []
     for execution in sorted(store.get_executions(), key=lambda e: e.id):
-        component = execution.custom_properties.get('__tfx_component_id__')
-        # LocalDagRunner records the node id in the execution's type and properties.
-        name = component.string_value if component is not None else execution.name
+        nodes = [c for c in store.get_contexts_by_execution(execution.id) if c.type_id == node_type]
+        name = nodes[0].name.rsplit('.', 1)[-1] if nodes else execution.type
         rows.append(
             {
                 'component': name,
@@ -144,3 +147,17 @@ def latest_decision(store: metadata_store.MetadataStore) -> Optional[Dict[str, A
         if push is not None and pusher_executor.NOT_PUSHED_REASON_KEY in push.custom_properties
         else '',
     }
+
+
+def evaluation_metrics(store: metadata_store.MetadataStore) -> Optional[Dict[str, Any]]:
+    """The latest CaptionEvaluator report (metrics.json), or None."""
+    from components.caption_evaluator import spec as evaluator_spec
+
+    evaluation = latest_artifact(store, 'ModelEvaluation')
+    if evaluation is None:
+        return None
+    path = os.path.join(evaluation.uri, evaluator_spec.METRICS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

@@ -1,43 +1,12 @@
-"""The pipeline with TFX's LocalDagRunner on generated data: artifacts, metadata, caching."""
+"""The local runner's settings and the CLI's argument checks (runs are in test_e2e.py)."""
 
 import pytest
 
-from pipeline import cli, configs, local_runner, sample_data, summary
-
-
-@pytest.fixture(scope='module')
-def two_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp('run')
-    data = root / 'data'
-    sample_data.generate(str(data), 24, seed=5)
-    paths = local_runner.run(str(data), str(root / 'out'))
-    store = summary.open_store(paths.metadata_path)
-    first = summary.execution_states(store)
-    local_runner.run(str(data), str(root / 'out'))
-    second = summary.execution_states(store)[len(first) :]
-    return paths, store, first, second
-
-
-def test_ingestion_report_and_validation(two_runs):
-    paths, store, _, _ = two_runs
-    report = summary.ingestion_report(store)
-    assert report['examples'] == {'train': 18, 'eval': 3, 'test': 3}
-    assert set(report['skipped'].values()) == {0}
-    assert summary.latest_artifact(store, 'Schema') is not None
-    anomalies = summary.anomalies(store)
-    assert set(anomalies) == {'train', 'eval', 'test'}
-    assert all(items == [] for items in anomalies.values()), anomalies
-
-
-def test_second_run_is_fully_cached(two_runs):
-    _, _, first, second = two_runs
-    assert {row['state'] for row in first} == {'COMPLETE'}
-    assert len(second) == len(first)
-    assert {row['state'] for row in second} == {'CACHED'}
+from pipeline import cli, configs
 
 
 def test_cli_refuses_a_directory_that_is_not_flickr8k(tmp_path, capsys):
-    assert cli.main(['run', '--data', str(tmp_path), '--output', str(tmp_path / 'o')]) == 2
+    assert cli.main(['--output', str(tmp_path / 'o'), 'run', '--data', str(tmp_path)]) == 2
     assert 'is not a Flickr8k directory' in capsys.readouterr().err
 
 
@@ -49,3 +18,25 @@ def test_beam_args_for_local_workers():
     assert '--direct_running_mode=multi_processing' in configs.beam_args_for_local(2)
     with pytest.raises(ValueError):
         configs.beam_args_for_local(0)
+
+
+def test_cli_refuses_bad_hyperparameters_before_running(tmp_path, capsys):
+    from pipeline import sample_data
+
+    sample_data.generate(str(tmp_path / 'data'), 8)
+    argv = ['--output', str(tmp_path / 'o'), 'run', '--data', str(tmp_path / 'data')]
+    assert cli.main(argv + ['--hparam', 'units=0']) == 2
+    assert 'units must be >= 1' in capsys.readouterr().err
+    assert cli.main(argv + ['--hparam', 'nope=1']) == 2
+    assert 'Unknown hyperparameters' in capsys.readouterr().err
+    assert not (tmp_path / 'o' / 'tfx').exists()  # nothing ran
+
+
+def test_sample_defaults_and_flags():
+    args = cli.build_parser().parse_args(['run', '--hparam', 'epochs=3', '--min-bleu-4', '0.2'])
+    kwargs = cli.pipeline_args(args)
+    assert kwargs['encoder_weights'] == configs.SAMPLE_ENCODER_WEIGHTS
+    assert kwargs['hparams'] == dict(configs.SAMPLE_HPARAMS, epochs=3)
+    assert kwargs['min_bleu_4'] == 0.2
+    real = cli.pipeline_args(cli.build_parser().parse_args(['run', '--data', '/d']))
+    assert real['encoder_weights'] == 'imagenet' and real['hparams'] == {}

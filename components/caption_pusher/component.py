@@ -7,10 +7,17 @@ blessing check; only the executor changes (see `executor`).
 from typing import Optional
 
 from tfx import v1 as tfx
+from tfx.components.pusher.component import Pusher
 from tfx.dsl.components.base import executor_spec
 from tfx.types import Channel
 
 from components.caption_pusher import executor
+
+
+class CaptionPusher(Pusher):
+    """TFX's Pusher (same spec, inputs and blessing check) with the captioning executor."""
+
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
 
 def make_pusher(
@@ -20,7 +27,7 @@ def make_pusher(
     model_name: str,
     tflite_base_directory: Optional[str] = None,
     min_tflite_agreement: float = executor.DEFAULT_MIN_TFLITE_AGREEMENT,
-) -> tfx.components.Pusher:
+) -> CaptionPusher:
     """A Pusher that publishes `<serving_base_directory>/<version>/` (+ TFLite).
 
     Args:
@@ -47,12 +54,11 @@ def make_pusher(
     }
     if tflite_base_directory:
         custom_config[executor.TFLITE_BASE_DIRECTORY_KEY] = tflite_base_directory
-    return tfx.components.Pusher(
+    return CaptionPusher(
         model=model,
         model_blessing=model_blessing,
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_base_directory)
         ),
         custom_config=custom_config,
-        custom_executor_spec=executor_spec.ExecutorClassSpec(executor.Executor),
     )

@@ -1,0 +1,192 @@
+"""The whole pipeline end to end on a tiny generated dataset, with LocalDagRunner.
+
+One module-scoped sequence of real runs (no stubs):
+
+1. a good model is trained, evaluated, blessed and pushed (SavedModel with
+   warmup + TFLite); the same test images get identical captions from the
+   pushed SavedModel in-process, from the local gRPC server through the
+   client, and from the TFLite file in `ai-edge-litert` in a process that
+   never imports TensorFlow;
+2. the same run again is served entirely from TFX's cache (read from ML
+   Metadata);
+3. a deliberately worse model (one training step) re-runs only Trainer and
+   what follows, is not blessed against the blessed baseline, and is not pushed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+
+from components.caption_pusher import publish
+from models import features
+from pipeline import cli, configs, local_runner, report, sample_data, summary
+
+pytestmark = pytest.mark.slow
+
+# Small enough to train in about a minute on 2 cores, big enough to learn
+# colour and shape from random-weight InceptionV3 features.
+HPARAMS = {
+    'min_word_count': 1,
+    'embedding_dim': 32,
+    'units': 96,
+    'num_layers': 2,
+    'epochs': 30,
+    'patience': 4,
+    'batch_size': 32,
+    'max_len': 12,
+    'tflite_quantization': 'float32',
+}
+RESOLVER = 'latest_blessed_model_resolver'
+GATE = {'min_bleu_4': 0.05, 'max_loss_increase': 0.05, 'max_bleu_4_drop': 0.02}
+
+
+def executions(store):
+    return summary.execution_states(store)
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp('e2e')
+    data = root / 'data'
+    sample_data.generate(str(data), 96, seed=11)
+    out = str(root / 'out')
+    kwargs = dict(encoder_weights='random', hparams=HPARAMS, **GATE)
+    paths = local_runner.run(str(data), out, **kwargs)
+    store = summary.open_store(paths.metadata_path)
+    first = executions(store)
+    first_push = summary.latest_pushed(store)
+    first_decision = summary.latest_decision(store)
+    first_metrics = summary.evaluation_metrics(store)
+
+    local_runner.run(str(data), out, **kwargs)
+    second = executions(store)[len(first) :]
+
+    local_runner.run(str(data), out, train_steps=1, **kwargs)
+    third = executions(store)[len(first) + len(second) :]
+    return {
+        'root': root,
+        'paths': paths,
+        'store': store,
+        'first': first,
+        'second': second,
+        'third': third,
+        'first_push': first_push,
+        'first_decision': first_decision,
+        'first_metrics': first_metrics,
+        'third_decision': summary.latest_decision(store),
+        'third_metrics': summary.evaluation_metrics(store),
+    }
+
+
+def test_good_model_is_blessed_and_pushed_complete(runs):
+    assert {row['state'] for row in runs['first']} == {'COMPLETE'}
+    assert runs['first_decision']['blessed'], runs['first_decision']
+    assert runs['first_decision']['pushed']
+    version_dir = runs['first_push']['saved_model']
+    assert os.path.basename(version_dir).isdigit()
+    assert os.path.dirname(version_dir) == os.path.join(
+        runs['paths'].serving_root, configs.MODEL_NAME
+    )
+    for name in ('saved_model.pb', 'variables', publish.WARMUP_FILE):
+        assert os.path.exists(os.path.join(version_dir, name)), name
+    records = list(tf.data.TFRecordDataset(os.path.join(version_dir, publish.WARMUP_FILE)))
+    log = prediction_log_pb2.PredictionLog.FromString(records[0].numpy())
+    assert log.predict_log.request.model_spec.name == configs.MODEL_NAME
+    tflite = runs['first_push']['tflite']
+    assert tflite and os.path.exists(tflite)
+    assert os.path.exists(os.path.join(os.path.dirname(tflite), features.TFLITE_VOCAB_FILE))
+
+
+def test_ingestion_report_and_data_validation(runs):
+    store = runs['store']
+    report_ = summary.ingestion_report(store)
+    assert report_['examples'] == {'train': 72, 'eval': 12, 'test': 12}
+    assert set(report_['skipped'].values()) == {0}
+    anomalies = summary.anomalies(store)
+    assert set(anomalies) == {'train', 'eval', 'test'}
+    assert all(items == [] for items in anomalies.values()), anomalies
+
+
+def test_metrics_beat_the_most_frequent_caption(runs):
+    metrics = runs['first_metrics']
+    test = metrics['splits'][features.TEST_SPLIT]
+    assert test['metrics']['bleu_4'] > test['most_frequent_caption_bleu']['bleu_4']
+    assert metrics['tflite_agreement'] == pytest.approx(1.0)
+    assert metrics['baseline'] is None  # the first model has no baseline
+
+
+def test_three_runtimes_give_identical_captions(runs, start_caption_server, tmp_path):
+    from serving.client import CaptionClient
+
+    raw = summary.raw_examples(runs['store'])
+    images = report.first_images(raw.uri, features.TEST_SPLIT, 3)
+    image_bytes = [data for _, data in images]
+    version_dir = runs['first_push']['saved_model']
+
+    in_process = cli.caption_bytes(version_dir, image_bytes)
+
+    server = start_caption_server(os.path.dirname(version_dir))
+    with CaptionClient(server.target, configs.MODEL_NAME) as client:
+        result = client.caption(image_bytes)
+    over_grpc = [c.text for c in result.captions]
+    assert result.version == int(os.path.basename(version_dir))
+
+    paths = []
+    for i, data in enumerate(image_bytes):
+        paths.append(str(tmp_path / f'{i}.jpg'))
+        with open(paths[-1], 'wb') as f:
+            f.write(data)
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from serving.tflite_captioner import TFLiteCaptioner
+        captioner = TFLiteCaptioner({runs['first_push']['tflite']!r})
+        captions = [captioner.caption(p) for p in {paths!r}]
+        assert 'tensorflow' not in sys.modules
+        print(json.dumps(captions))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, '-c', script], capture_output=True, text=True, check=True
+    )
+    on_device = json.loads(done.stdout.strip().splitlines()[-1])
+    assert all(in_process), in_process
+    assert in_process == over_grpc == on_device
+
+
+def test_second_run_is_fully_cached(runs):
+    assert len(runs['second']) == len(runs['first'])
+    states = {row['component']: row['state'] for row in runs['second']}
+    # The Resolver is no executor: it re-resolves the latest blessed model each run.
+    states.pop(RESOLVER)
+    assert set(states.values()) == {'CACHED'}, states
+
+
+def test_worse_model_is_not_blessed_nor_pushed(runs):
+    states = {row['component']: row['state'] for row in runs['third']}
+    # Only training and what follows it re-run; features and vocabulary are reused.
+    for cached in ('ImageFeatureExtractor', 'Transform', 'Flickr8kExampleGen'):
+        assert states[cached] == 'CACHED', states
+    assert states['Trainer'] == 'COMPLETE'
+    decision = runs['third_decision']
+    assert not decision['blessed']
+    assert 'regressed' in decision['reason'] or 'min_bleu_4' in decision['reason']
+    assert not decision['pushed']
+    assert runs['third_metrics']['baseline'] is not None  # compared with the blessed model
+    versions = publish.integer_versions(
+        os.listdir(os.path.join(runs['paths'].serving_root, configs.MODEL_NAME))
+    )
+    assert len(versions) == 1
+
+
+def test_report_is_built(runs):
+    built = report.build_report(runs['paths'])
+    html = open(built['html'], encoding='utf-8').read()
+    assert 'BLEU-4' in html and 'NOT blessed' in html  # the latest run's decision
+    assert os.path.getsize(built['contact_sheet']) > 1000
