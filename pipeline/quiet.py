@@ -4,7 +4,6 @@ import logging
 import os
 import warnings
 
-
 # TFX 1.16 warnings that say nothing actionable about this pipeline.
 _HARMLESS = (
     'ArtifactQuery.property_predicate is not supported',
