@@ -55,9 +55,7 @@ def attach(stream: TextIO = sys.stdout) -> ComponentProgress:
     handler = ComponentProgress(stream)
     absl_logger = logging.getLogger('absl')
     absl_logger.addHandler(handler)
-    if absl_logger.getEffectiveLevel() > logging.INFO:
-        absl_logger.setLevel(logging.INFO)
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.INFO)
+    # An explicit level, not the root's: Beam and TF reconfigure the root
+    # logger while components run.
+    absl_logger.setLevel(logging.INFO)
     return handler

@@ -9,6 +9,7 @@ _HARMLESS = (
     'ArtifactQuery.property_predicate is not supported',
     'does not have payload_format custom property',
     '`custom_executor_spec` is deprecated',
+    'Tables initialized inside a tf.function',
 )
 
 

@@ -52,7 +52,13 @@ def ingestion_report(store: metadata_store.MetadataStore) -> Optional[Dict[str, 
 
 def anomalies(store: metadata_store.MetadataStore) -> Dict[str, List[str]]:
     """Data-validation anomalies per split from the latest ExampleValidator output."""
-    artifact = latest_artifact(store, 'ExampleAnomalies')
+    # Transform also writes ExampleAnomalies (post-transform); take the validator's.
+    validated = [
+        a
+        for a in store.get_artifacts_by_type('ExampleAnomalies')
+        if 'split_names' in a.properties and '/ExampleValidator/' in a.uri
+    ]
+    artifact = max(validated, key=lambda a: (a.create_time_since_epoch, a.id), default=None)
     if artifact is None:
         return {}
     split_names = artifact_utils.decode_split_names(artifact.properties['split_names'].string_value)
