@@ -379,7 +379,12 @@ def test_statistics_gen_reads_the_example_gen_output_passed_by_the_spec(executed
 
 
 def _valid(**values) -> Dict[str, Any]:
-    base = {'image': IMAGE, 'pipeline_root': 'gs://b/root', 'data_root': 'gs://b/data'}
+    base = {
+        'image': IMAGE,
+        'pipeline_root': 'gs://b/root',
+        'data_root': 'gs://b/data',
+        'serving_root': 'gs://b/serving',
+    }
     return dict(base, **values)
 
 
@@ -465,7 +470,8 @@ def test_a_value_the_pipeline_cannot_take_is_an_error_not_dropped():
 def test_unset_values_are_left_to_create_pipeline_and_no_metadata_store_is_configured():
     config = kf_config.make_config(_valid(pipeline_args={'extra': 1}))
     kwargs = config.pipeline_kwargs()
-    assert 'serving_root' not in kwargs and 'tflite_root' not in kwargs
+    assert kwargs['serving_root'] == 'gs://b/serving'
+    assert 'tflite_root' not in kwargs  # unset: create_pipeline's default applies
     assert 'metadata_connection_config' not in kwargs
     assert kwargs['extra'] == 1
     assert runner.build_pipeline(kf_config.make_config(_valid())).metadata_connection_config is None
@@ -492,8 +498,10 @@ def test_a_required_argument_left_unset_is_named():
     def newer_create_pipeline(pipeline_name, pipeline_root, data_root, serving_root, train_steps):
         del pipeline_name, pipeline_root, data_root, serving_root, train_steps
 
+    values = _valid()
+    del values['serving_root']
     with pytest.raises(ValueError) as raised:
-        kf_config.make_config(_valid()).validate(newer_create_pipeline)
+        kf_config.make_config(values).validate(newer_create_pipeline)
     assert "requires 'serving_root': set 'serving_root' (flag --serving-root)" in str(raised.value)
     assert "requires 'train_steps': set it in pipeline_args" in str(raised.value)
 
@@ -693,7 +701,13 @@ def test_two_beam_workers_transform_exactly_like_one(tmp_path, monkeypatch):
     monkeypatch.setattr(tfx.orchestration.LocalDagRunner, 'run', run_to_transform)
     outputs = {}
     for workers in (1, 2):
-        paths = local_runner.run(str(data), str(tmp_path / f'out{workers}'), beam_workers=workers)
+        paths = local_runner.run(
+            str(data),
+            str(tmp_path / f'out{workers}'),
+            beam_workers=workers,
+            encoder_weights='random',
+            hparams={'min_word_count': 1},
+        )
         node_root = os.path.join(paths.pipeline_root, transform.id)
         (graph,) = glob.glob(
             os.path.join(node_root, standard_component_specs.TRANSFORM_GRAPH_KEY, '*')
