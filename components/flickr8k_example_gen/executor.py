@@ -20,7 +20,6 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import apache_beam as beam
 import tensorflow as tf
-from apache_beam.metrics.metric import MetricsFilter
 from PIL import Image
 from tfx import types
 from tfx.components.example_gen import base_example_gen_executor
@@ -28,6 +27,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
+from components import beam_metrics
 from components.flickr8k_example_gen import layout
 from models import features
 
@@ -204,16 +204,9 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         record_report(examples, report)
 
     def _beam_counters(self) -> Dict[str, int]:
-        result = getattr(self._pipeline, 'result', None)
-        if result is None:
-            return {}
-        query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
-        counts: Dict[str, int] = {}
-        for counter in query['counters']:
-            name = counter.key.metric.name
-            value = counter.committed if counter.committed is not None else counter.attempted
-            counts[name] = counts.get(name, 0) + int(value or 0)
-        return counts
+        return beam_metrics.read_counters(
+            getattr(self._pipeline, 'result', None), METRICS_NAMESPACE
+        )
 
 
 def record_report(examples: types.Artifact, report: Dict[str, Any]) -> None:

@@ -37,7 +37,6 @@ import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.utils import shared
 from tfx import types
@@ -47,6 +46,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
+from components import beam_metrics
 from components.image_feature_extractor import spec
 from models import encoder, features, image_preprocessing
 
@@ -320,15 +320,7 @@ def runner_has_several_workers(beam_pipeline_args: Sequence[str]) -> bool:
 
 def read_counters(result: Optional[beam.runners.runner.PipelineResult]) -> Dict[str, int]:
     """The counters of `METRICS_NAMESPACE`, summed over steps (committed when available)."""
-    if result is None:
-        return {}
-    query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
-    counts: Dict[str, int] = {}
-    for counter in query['counters']:
-        name = counter.key.metric.name
-        value = counter.committed if counter.committed is not None else counter.attempted
-        counts[name] = counts.get(name, 0) + int(value or 0)
-    return counts
+    return beam_metrics.read_counters(result, METRICS_NAMESPACE)
 
 
 def make_report(
