@@ -112,9 +112,27 @@ def test_unblessed_model_is_never_pushed(tmp_path, model):
     assert not (tmp_path / 'tflite').exists()
 
 
-def test_versions_increase_and_low_agreement_keeps_tflite_back(tmp_path, model):
+def test_the_same_model_is_not_pushed_twice(tmp_path, model):
+    first = push(tmp_path, model, blessing(tmp_path, True, agreement=1.0))
+    again = push(tmp_path, model, blessing(tmp_path, True, agreement=1.0))
+    assert os.listdir(tmp_path / 'serving' / 'captioner') == [
+        first.get_string_custom_property('pushed_version')
+    ]
+    assert again.get_int_custom_property('pushed') == 1
+    assert again.get_string_custom_property('pushed_version') == first.get_string_custom_property(
+        'pushed_version'
+    )
+    assert again.get_int_custom_property(executor.TFLITE_PUSHED_KEY) == 1
+
+
+def test_versions_increase_and_low_agreement_keeps_tflite_back(tmp_path, model, tmp_path_factory):
     push(tmp_path, model, blessing(tmp_path, True, agreement=1.0))
-    second = push(tmp_path, model, blessing(tmp_path, True, agreement=0.5))
+    retrained = standard_artifacts.Model()
+    retrained.uri = str(tmp_path_factory.mktemp('retrained'))
+    import shutil
+
+    shutil.copytree(model.uri, retrained.uri, dirs_exist_ok=True)
+    second = push(tmp_path, retrained, blessing(tmp_path, True, agreement=0.5))
     versions = publish.integer_versions(os.listdir(tmp_path / 'serving' / 'captioner'))
     assert len(versions) == 2 and versions[0] < versions[1]
     assert second.get_int_custom_property(executor.TFLITE_PUSHED_KEY) == 0

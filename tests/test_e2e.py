@@ -7,8 +7,9 @@ One module-scoped sequence of real runs (no stubs):
    pushed SavedModel in-process, from the local gRPC server through the
    client, and from the TFLite file in `ai-edge-litert` in a process that
    never imports TensorFlow;
-2. the same run again is served entirely from TFX's cache (read from ML
-   Metadata);
+2. the same run again is served from TFX's cache (read from ML Metadata):
+   only the evaluator re-runs (its baseline is now the blessed first model) and
+   the Pusher does not publish the same model twice;
 3. a deliberately worse model (one training step) re-runs only Trainer and
    what follows, is not blessed against the blessed baseline, and is not pushed.
 """
@@ -66,6 +67,9 @@ def runs(tmp_path_factory):
 
     local_runner.run(str(data), out, **kwargs)
     second = executions(store)[len(first) :]
+    versions_after_second = publish.integer_versions(
+        os.listdir(os.path.join(paths.serving_root, configs.MODEL_NAME))
+    )
 
     local_runner.run(str(data), out, train_steps=1, **kwargs)
     third = executions(store)[len(first) + len(second) :]
@@ -75,6 +79,7 @@ def runs(tmp_path_factory):
         'store': store,
         'first': first,
         'second': second,
+        'versions_after_second': versions_after_second,
         'third': third,
         'first_push': first_push,
         'first_decision': first_decision,
@@ -163,9 +168,13 @@ def test_three_runtimes_give_identical_captions(runs, start_caption_server, tmp_
 def test_second_run_is_fully_cached(runs):
     assert len(runs['second']) == len(runs['first'])
     states = {row['component']: row['state'] for row in runs['second']}
-    # The Resolver is no executor: it re-resolves the latest blessed model each run.
-    states.pop(RESOLVER)
+    # The Resolver re-resolves the latest blessed model each run; it now finds
+    # the first run's model, so the evaluator's baseline input is new and it
+    # (cheaply) re-evaluates, and the Pusher sees the model is already served.
+    for reruns in (RESOLVER, 'CaptionEvaluator', 'Pusher'):
+        states.pop(reruns)
     assert set(states.values()) == {'CACHED'}, states
+    assert runs['versions_after_second'] == [int(runs['first_push']['version'])]
 
 
 def test_worse_model_is_not_blessed_nor_pushed(runs):

@@ -77,16 +77,33 @@ class Executor(tfx_pusher_executor.Executor):
         model_name = custom_config.get(MODEL_NAME_KEY) or os.path.basename(
             base_directory.rstrip('/')
         )
+        model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
+        model_path = self.GetModelPath(input_dict)
+        already = publish.find_published_version(base_directory, model.uri)
+        if already is not None:
+            serving_path = os.path.join(base_directory, str(already))
+            logging.info(
+                'Model %s is already served as version %d: not pushed again.', model.uri, already
+            )
+            io_utils.copy_dir(model_path, model_push.uri)
+            self._MarkPushed(
+                model_push, pushed_destination=serving_path, pushed_version=str(already)
+            )
+            tflite_base = custom_config.get(TFLITE_BASE_DIRECTORY_KEY)
+            tflite_path = os.path.join(tflite_base, str(already)) if tflite_base else ''
+            pushed_tflite = bool(tflite_path) and tf.io.gfile.exists(tflite_path)
+            model_push.set_int_custom_property(TFLITE_PUSHED_KEY, int(pushed_tflite))
+            if pushed_tflite:
+                model_push.set_string_custom_property(TFLITE_DESTINATION_KEY, tflite_path)
+            return
         existing = tf.io.gfile.listdir(base_directory) if tf.io.gfile.isdir(base_directory) else []
         version = publish.next_version(n.rstrip('/') for n in existing)
 
-        model_path = self.GetModelPath(input_dict)
-        serving_path = publish.publish_directory(
-            model_path,
-            base_directory,
-            version,
-            fill=lambda tmp: publish.write_warmup(tmp, model_name),
-        )
+        def fill(tmp: str) -> None:
+            publish.write_warmup(tmp, model_name)
+            publish.write_source(tmp, model.uri)
+
+        serving_path = publish.publish_directory(model_path, base_directory, version, fill=fill)
         logging.info('Pushed SavedModel version %d to %s.', version, serving_path)
 
         tflite_destination = self._push_tflite(input_dict, custom_config, version)

@@ -69,6 +69,37 @@ def write_warmup(version_dir: str, model_name: str) -> str:
     return path
 
 
+SOURCE_FILE = os.path.join(features.WARMUP_REQUESTS_DIR, 'source_model.txt')
+"""Written into each pushed version: the URI of the Model artifact it came from."""
+
+
+def write_source(version_dir: str, model_uri: str) -> None:
+    """Records which Model artifact a version was published from."""
+    path = os.path.join(version_dir, SOURCE_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, 'w') as f:
+        f.write(model_uri)
+
+
+def find_published_version(base_directory: str, model_uri: str) -> Optional[int]:
+    """The version already published from `model_uri`, or None.
+
+    A rerun re-evaluates a cached model against itself (the resolver now finds
+    it blessed) and blesses it again; this keeps that from pushing a copy.
+    """
+    if not tf.io.gfile.isdir(base_directory):
+        return None
+    for version in reversed(
+        integer_versions(n.rstrip('/') for n in tf.io.gfile.listdir(base_directory))
+    ):
+        path = os.path.join(base_directory, str(version), SOURCE_FILE)
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as f:
+                if f.read().strip() == model_uri:
+                    return version
+    return None
+
+
 def publish_directory(src_dir: str, base_directory: str, version: int, fill=None) -> str:
     """Copies `src_dir` to `<base_directory>/<version>` atomically.
 
