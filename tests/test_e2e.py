@@ -171,7 +171,7 @@ def test_second_run_is_fully_cached(runs):
     # The Resolver re-resolves the latest blessed model each run; it now finds
     # the first run's model, so the evaluator's baseline input is new and it
     # (cheaply) re-evaluates, and the Pusher sees the model is already served.
-    for reruns in (RESOLVER, 'CaptionEvaluator', 'Pusher'):
+    for reruns in (RESOLVER, 'CaptionEvaluator', 'CaptionPusher'):
         states.pop(reruns)
     assert set(states.values()) == {'CACHED'}, states
     assert runs['versions_after_second'] == [int(runs['first_push']['version'])]

@@ -313,6 +313,7 @@ def executed(tmp_path_factory) -> Tuple[kfp_local.LocalSpecRunner, str]:
             'image': IMAGE,
             'pipeline_root': str(root / 'pipeline_root'),
             'data_root': data,
+            'serving_root': str(root / 'serving'),
             'output_file': str(output),
             'beam_pipeline_args': configs.beam_args_for_local(1),
         }
