@@ -732,7 +732,9 @@ def test_two_beam_workers_transform_exactly_like_one(tmp_path, monkeypatch):
             assert row_one.keys() == row_two.keys()
             for key in row_one:
                 if row_one[key].dtype.kind == 'f':
-                    # Means and variances are sums: their order may differ in the last bits.
-                    np.testing.assert_allclose(row_one[key], row_two[key], rtol=1e-5, atol=1e-6)
+                    # z-scored features (unit scale): oneDNN's InceptionV3 output
+                    # depends on batch composition at ~1e-6 relative, and the z-score
+                    # divides by small per-dimension deviations (measured: <= 6e-5).
+                    np.testing.assert_allclose(row_one[key], row_two[key], rtol=1e-4, atol=2e-4)
                 else:
                     np.testing.assert_array_equal(row_one[key], row_two[key])
