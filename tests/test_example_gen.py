@@ -5,38 +5,18 @@ import os
 
 import pytest
 import tensorflow as tf
-from tfx.dsl.components.base import base_beam_executor
 from tfx.proto import example_gen_pb2
-from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
+from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import proto_utils
 
 from components.flickr8k_example_gen import component, executor, layout
 from models import features
 from pipeline import sample_data
-from tests import flickr8k_fixtures
+from tests import feature_extractor_fixtures, flickr8k_fixtures
 
 
 def run_executor(input_base: str, output_dir: str) -> standard_artifacts.Examples:
-    examples = standard_artifacts.Examples()
-    examples.uri = output_dir
-    exec_properties = {
-        standard_component_specs.INPUT_BASE_KEY: input_base,
-        standard_component_specs.INPUT_CONFIG_KEY: proto_utils.proto_to_json(
-            component.make_input_config()
-        ),
-        standard_component_specs.OUTPUT_CONFIG_KEY: proto_utils.proto_to_json(
-            example_gen_pb2.Output()
-        ),
-        standard_component_specs.OUTPUT_DATA_FORMAT_KEY: example_gen_pb2.FORMAT_TF_EXAMPLE,
-        standard_component_specs.OUTPUT_FILE_FORMAT_KEY: example_gen_pb2.FORMAT_TFRECORDS_GZIP,
-    }
-    context = base_beam_executor.BaseBeamExecutor.Context(
-        beam_pipeline_args=['--direct_running_mode=in_memory', '--direct_num_workers=1']
-    )
-    executor.Executor(context).Do(
-        {}, {standard_component_specs.EXAMPLES_KEY: [examples]}, exec_properties
-    )
-    return examples
+    return feature_extractor_fixtures.run_example_gen(input_base, output_dir)
 
 
 def read_split(examples: standard_artifacts.Examples, split: str) -> dict:

@@ -14,9 +14,8 @@ bookkeeping; this executor only says how one split becomes tf.Examples:
 """
 
 import io
-import json
 import logging
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import apache_beam as beam
 import tensorflow as tf
@@ -33,8 +32,8 @@ from models import features
 
 METRICS_NAMESPACE = 'flickr8k_example_gen'
 REPORT_PROPERTY = 'ingestion_report'
-SKIPPED_PROPERTY_PREFIX = 'skipped_'
-EXAMPLES_PROPERTY_PREFIX = 'num_examples_'
+SKIPPED_PROPERTY_PREFIX = beam_metrics.SKIPPED_PROPERTY_PREFIX
+EXAMPLES_PROPERTY_PREFIX = beam_metrics.EXAMPLES_PROPERTY_PREFIX
 EXAMPLES_COUNTER_PREFIX = 'examples_'
 
 # Formats the image preprocessing (tf.io.decode_image) decodes.
@@ -209,18 +208,6 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         )
 
 
-def record_report(examples: types.Artifact, report: Dict[str, Any]) -> None:
-    """Logs the ingestion report and records it on the Examples artifact."""
-    for split, count in report['examples'].items():
-        examples.set_int_custom_property(EXAMPLES_PROPERTY_PREFIX + split, count)
-    for reason, count in report['skipped'].items():
-        examples.set_int_custom_property(SKIPPED_PROPERTY_PREFIX + reason, count)
-    examples.set_string_custom_property(REPORT_PROPERTY, json.dumps(report, sort_keys=True))
-    logging.info('Flickr8k ingestion report: %s', json.dumps(report, sort_keys=True))
-    total_skipped = sum(report['skipped'].values())
-    if total_skipped:
-        logging.warning(
-            'Flickr8k ingestion skipped %d inputs: %s',
-            total_skipped,
-            {k: v for k, v in report['skipped'].items() if v},
-        )
+def record_report(examples: types.Artifact, report: Mapping[str, Any]) -> None:
+    """Logs the report and records it on the output Examples artifact."""
+    beam_metrics.record_report(examples, report, REPORT_PROPERTY, 'Flickr8k ingestion')

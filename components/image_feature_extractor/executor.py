@@ -28,7 +28,6 @@ by ~1e-6 relative. The order of records in the output files is not guaranteed.
 """
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
@@ -52,8 +51,8 @@ from models import encoder, features, image_preprocessing
 
 METRICS_NAMESPACE = 'image_feature_extractor'
 REPORT_PROPERTY = 'extraction_report'
-SKIPPED_PROPERTY_PREFIX = 'skipped_'
-EXAMPLES_PROPERTY_PREFIX = 'num_examples_'
+SKIPPED_PROPERTY_PREFIX = beam_metrics.SKIPPED_PROPERTY_PREFIX
+EXAMPLES_PROPERTY_PREFIX = beam_metrics.EXAMPLES_PROPERTY_PREFIX
 EXAMPLES_COUNTER_PREFIX = 'examples_'
 
 # Custom properties of the encoder artifact.
@@ -335,22 +334,9 @@ def make_report(
     }
 
 
-def record_report(feature_examples: types.Artifact, report: Mapping[str, Any]) -> None:
+def record_report(examples: types.Artifact, report: Mapping[str, Any]) -> None:
     """Logs the report and records it on the output Examples artifact."""
-    for split, count in report['examples'].items():
-        feature_examples.set_int_custom_property(EXAMPLES_PROPERTY_PREFIX + split, count)
-    for reason, count in report['skipped'].items():
-        feature_examples.set_int_custom_property(SKIPPED_PROPERTY_PREFIX + reason, count)
-    feature_examples.set_string_custom_property(REPORT_PROPERTY, json.dumps(report, sort_keys=True))
-    logging.info('Image feature extraction report: %s', json.dumps(report, sort_keys=True))
-    skipped = {reason: count for reason, count in report['skipped'].items() if count}
-    if skipped:
-        logging.warning(
-            'Image feature extraction skipped %d images: %s', sum(skipped.values()), skipped
-        )
-    for split, count in report['examples'].items():
-        if not count:
-            logging.error('Split %r has no examples left after feature extraction.', split)
+    beam_metrics.record_report(examples, report, REPORT_PROPERTY, 'Image feature extraction')
 
 
 def record_encoder(encoder_artifact: types.Artifact, encoder_spec: encoder.EncoderSpec) -> None:
