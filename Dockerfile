@@ -40,11 +40,13 @@ COPY components/ components/
 COPY models/ models/
 COPY serving/ serving/
 COPY kubeflow/ kubeflow/
+COPY cli/ cli/
 # Editable, as in install.sh: one copy of the code, importable from any working
-# directory (KFP pods, Beam workers), data files included.
+# directory (KFP pods, Beam workers) as the `tfx_captioning` namespace
+# (tfx_captioning.models -> /pipeline/models, ...), data files included.
 RUN python -m pip install --no-deps --no-build-isolation -e . \
  && (python -m pip check || echo "pip check: conflicts inherited from TFX's pins (README, Known limits)") \
- && python -c "import components.flickr8k_example_gen.executor, pipeline.pipeline, kubeflow.runner"
+ && cd / && python -c "import tfx_captioning.components.flickr8k_example_gen.executor, tfx_captioning.pipeline.pipeline, tfx_captioning.kubeflow.runner"
 
 # Beam's worker entrypoint (as in TFX's image), so Dataflow and portable
 # runners can start this image as their SDK harness. KFP ignores it: the

@@ -10,7 +10,7 @@ install:
 	@bash scripts/install.sh
 
 demo: install
-	$(PY) -m pipeline.cli run
+	$(PY) -m tfx_captioning.cli.pipeline_cli run
 
 lint: install
 	.venv/bin/ruff check .

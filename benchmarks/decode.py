@@ -39,8 +39,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from models import decoder, encoder, export, features
-from models.hparams import HParams
+from tfx_captioning.models import decoder, encoder, export, features
+from tfx_captioning.models.hparams import HParams
 
 # Where the tutorial's loop is measured at ~2.1 s per 30-token caption (issue 4).
 _SINGLE_SPEEDUP_TARGET = 50.0

@@ -20,7 +20,7 @@ import time
 def timed_run(output: str) -> float:
     start = time.monotonic()
     subprocess.run(
-        [sys.executable, '-m', 'pipeline.cli', '--output', output, 'run'],
+        [sys.executable, '-m', 'tfx_captioning.cli.pipeline_cli', '--output', output, 'run'],
         check=True,
         stdout=subprocess.DEVNULL,
     )

@@ -49,10 +49,10 @@ from apache_beam.utils import shared
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils, standard_artifacts
 
-from components.flickr8k_example_gen import layout
-from components.image_feature_extractor import executor, spec
-from models import encoder, features, image_preprocessing
-from pipeline import sample_data
+from tfx_captioning.cli import sample_data
+from tfx_captioning.components.flickr8k_example_gen import layout
+from tfx_captioning.components.image_feature_extractor import executor, spec
+from tfx_captioning.models import encoder, features, image_preprocessing
 
 IN_MEMORY_ARGS = ['--direct_running_mode=in_memory', '--direct_num_workers=1']
 SPLIT = features.TRAIN_SPLIT

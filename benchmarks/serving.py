@@ -16,7 +16,7 @@ three modes, in one run:
 Then prints the ratios the serving issue targets: p50 overhead of gRPC over
 in-process at 1 client (target <= 15 %), and batched / unbatched throughput at
 8 clients (target > 1). Without `--model-base-path` it builds the TEST FIXTURE
-model from `tests/conftest.py` (a cheap colour captioner, so fixed gRPC costs
+model from `serving/fixture_model.py` (a cheap colour captioner, so fixed gRPC costs
 weigh far more than they will on the real InceptionV3 + GRU model); rerun it
 on the pushed real model for the numbers that matter.
 """
@@ -127,7 +127,7 @@ def _start_server(
     cross-process scheduling cost and isolates what the gRPC stack adds.
     """
     if in_thread:
-        from serving import batching, server, tf_serving_config
+        from tfx_captioning.serving import batching, server, tf_serving_config
 
         options = server.ServerOptions(
             port=0,
@@ -143,7 +143,7 @@ def _start_server(
     command = [
         sys.executable,
         '-m',
-        'serving.server_cli',
+        'tfx_captioning.serving.server_cli',
         '--model-base-path',
         base_path,
         '--model-name',
@@ -175,13 +175,13 @@ def _start_server(
 
 
 def _fixture_model(root: str, model_name: str) -> str:
-    """Builds the conftest TEST FIXTURE model as version 1 of a fresh base path."""
+    """Builds the TEST FIXTURE model as version 1 of a fresh base path."""
     sys.path.insert(0, _REPO_ROOT)
-    from tests import conftest
+    from tfx_captioning.serving import fixture_model
 
     base_path = os.path.join(root, model_name)
-    built = conftest.build_fixture_caption_model(os.path.join(root, 'build'))
-    conftest.publish_fixture_version(built, base_path, 1)
+    built = fixture_model.build_fixture_caption_model(os.path.join(root, 'build'))
+    fixture_model.publish_fixture_version(built, base_path, 1)
     return base_path
 
 
@@ -201,8 +201,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     """Runs every mode and concurrency; returns measurements and ratios."""
     import tensorflow as tf
 
-    from models import features
-    from serving import client as client_lib
+    from tfx_captioning.models import features
+    from tfx_captioning.serving import client as client_lib
 
     if args.image:
         with open(args.image, 'rb') as image_file:
@@ -290,7 +290,7 @@ def _print_report(report: Dict[str, object]) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Parses flags, runs the benchmark, prints a table (and JSON with --json)."""
-    from pipeline import configs
+    from tfx_captioning.pipeline import configs
 
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--model-base-path', default=None, help='default: the test fixture model')

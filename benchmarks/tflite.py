@@ -22,11 +22,12 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from models import decoder, export, features, image_preprocessing, tflite_export
-from models import encoder as encoder_lib
-from models.hparams import HParams
-from pipeline import configs, report, summary
-from serving.tflite_captioner import TFLiteCaptioner
+from tfx_captioning.cli import report, summary
+from tfx_captioning.models import decoder, export, features, image_preprocessing, tflite_export
+from tfx_captioning.models import encoder as encoder_lib
+from tfx_captioning.models.hparams import HParams
+from tfx_captioning.models.tflite_runtime import TFLiteCaptioner
+from tfx_captioning.pipeline import configs
 
 
 def latest_uri(store, type_name: str) -> str:

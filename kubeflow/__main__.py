@@ -1,8 +1,8 @@
-"""`python -m kubeflow`: compiles the pipeline for Kubeflow Pipelines (see `kubeflow.cli`)."""
+"""`python -m tfx_captioning.kubeflow`: compiles the pipeline for Kubeflow Pipelines (see `kubeflow.cli`)."""
 
 import sys
 
-from kubeflow.cli import main
+from tfx_captioning.kubeflow.cli import main
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -1,8 +1,8 @@
-"""`python -m kubeflow`: compile the captioning pipeline for Kubeflow Pipelines / Vertex AI.
+"""`python -m tfx_captioning.kubeflow`: compile the captioning pipeline for Kubeflow Pipelines / Vertex AI.
 
-    python -m kubeflow --config kubeflow/config.example.yaml
-    python -m kubeflow --config my.yaml --image REGISTRY/flickr8k-captioning:TAG
-    python -m kubeflow --config my.yaml -- --runner=DataflowRunner --project=P ...
+    python -m tfx_captioning.kubeflow --config kubeflow/config.example.yaml
+    python -m tfx_captioning.kubeflow --config my.yaml --image REGISTRY/flickr8k-captioning:TAG
+    python -m tfx_captioning.kubeflow --config my.yaml -- --runner=DataflowRunner --project=P ...
 
 Every key of the config file is also a flag (`pipeline_root` -> `--pipeline-root`);
 a flag wins over the file. Beam arguments go after `--` and then replace the
@@ -13,8 +13,8 @@ import argparse
 import sys
 from typing import List, Optional, Tuple
 
-from kubeflow import config as kf_config
-from pipeline import quiet
+from tfx_captioning.cli import quiet
+from tfx_captioning.kubeflow import config as kf_config
 
 
 def _split_beam_args(argv: List[str]) -> Tuple[List[str], Optional[List[str]]]:
@@ -28,7 +28,7 @@ def _split_beam_args(argv: List[str]) -> Tuple[List[str], Optional[List[str]]]:
 def build_parser() -> argparse.ArgumentParser:
     """One flag per config field, generated so that a new field needs no CLI change."""
     parser = argparse.ArgumentParser(
-        prog='python -m kubeflow',
+        prog='caption-kfp',
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -70,7 +70,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'error: {e}', file=sys.stderr)
         return 2
     quiet.configure(args.verbose)
-    from kubeflow import runner  # TFX loads in seconds; --help and config errors should not wait.
+    from tfx_captioning.kubeflow import (
+        runner,  # TFX loads in seconds; --help and config errors should not wait.
+    )
 
     try:
         path = runner.compile_pipeline(config)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
-from pipeline import configs
+from tfx_captioning.pipeline import configs
 
 PIPELINE_ARG = 'pipeline_arg'
 """Field metadata key: the `create_pipeline` keyword argument the field feeds."""

@@ -16,8 +16,8 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 
-from kubeflow.config import KubeflowConfig
-from pipeline.pipeline import create_pipeline
+from tfx_captioning.kubeflow.config import KubeflowConfig
+from tfx_captioning.pipeline.pipeline import create_pipeline
 
 
 def build_pipeline(config: KubeflowConfig) -> tfx.dsl.Pipeline:

@@ -23,8 +23,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from models import features
-from models.hparams import HParams
+from tfx_captioning.models import features
+from tfx_captioning.models.hparams import HParams
 
 # Layer names: `DecoderLayers.from_model` finds the layers by them.
 INITIAL_STATE_LAYER = 'initial_state'

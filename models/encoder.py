@@ -47,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from models import features
+from tfx_captioning.models import features
 
 WEIGHTS_IMAGENET = 'imagenet'
 WEIGHTS_RANDOM = 'random'

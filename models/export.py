@@ -37,8 +37,8 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from models import decoder, features, image_preprocessing
-from models import encoder as encoder_lib
+from tfx_captioning.models import decoder, features, image_preprocessing
+from tfx_captioning.models import encoder as encoder_lib
 
 
 def feature_normalization(tft_output: tft.TFTransformOutput) -> Tuple[np.ndarray, np.ndarray]:

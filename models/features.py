@@ -40,6 +40,18 @@ RESERVED_TOKENS = (PAD_TOKEN, UNK_TOKEN, START_TOKEN, END_TOKEN)
 MAX_LEN = 20
 """Default number of tokens a caption may have after ``<start>`` (``<end>`` included)."""
 
+# --- Where a local run writes its pushed models --------------------------------------
+MODEL_NAME = 'captioner'
+"""The name TF Serving serves the model under, and the folder of its versions."""
+DEFAULT_OUTPUT_ROOT = 'build'
+"""Everything a local run writes lives under this directory."""
+SERVING_SUBDIR = 'serving'
+"""`<output root>/serving/<MODEL_NAME>/<version>/`: the Pusher's TF Serving layout."""
+TFLITE_SUBDIR = 'tflite'
+"""`<output root>/tflite/<MODEL_NAME>/<version>/`: the Pusher's TFLite layout."""
+DEFAULT_MODEL_BASE_PATH = f'{DEFAULT_OUTPUT_ROOT}/{SERVING_SUBDIR}/{MODEL_NAME}'
+"""TF Serving's `--model_base_path` for a local run's pushed versions."""
+
 # --- Exported model (TF Serving) ---------------------------------------------------
 SERVING_SIGNATURE = 'serving_default'
 FEATURES_SIGNATURE = 'caption_from_features'

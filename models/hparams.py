@@ -9,7 +9,7 @@ so changing, say, the number of epochs keeps Transform's cached outputs.
 import dataclasses
 from typing import Any, Dict, Mapping
 
-from models import features
+from tfx_captioning.models import features
 
 TFLITE_QUANTIZATIONS = ('dynamic', 'float16', 'float32', 'none')
 

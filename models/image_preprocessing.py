@@ -27,7 +27,7 @@ trained (`tf.keras.applications.inception_v3.preprocess_input`), not `x / 255.`.
 
 import tensorflow as tf
 
-from models import features
+from tfx_captioning.models import features
 
 MAX_IMAGE_PIXELS = 40_000_000
 """Default size limit: 40 megapixels, far above any Flickr photo (about 0.2 MP).

@@ -27,8 +27,8 @@ from typing import Any, Dict, Mapping, Optional
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from models import features
-from models.hparams import HParams
+from tfx_captioning.models import features
+from tfx_captioning.models.hparams import HParams
 
 # One character class built from the filter list; RE2 accepts Python's escapes.
 _FILTER_PATTERN = '[' + re.escape(features.CAPTION_FILTER_CHARS) + ']'

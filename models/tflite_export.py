@@ -10,7 +10,7 @@ The greedy loop is `decoder.greedy_decode`, written with fixed shapes and
 `tf.where` writes, so it converts to a TFLite `WHILE` of builtin ops: no Flex
 delegate, no SELECT_TF_OPS, and the standalone `ai-edge-litert` runtime runs it
 without TensorFlow. Decoding the image file and mapping ids to words happen
-outside (see `serving/tflite_captioner.py`); `vocab.txt` ships beside the model.
+outside (see `models/tflite_runtime.py`); `vocab.txt` ships beside the model.
 
 `convert_to_tflite` returns bytes; the caller writes the file.
 """
@@ -20,8 +20,8 @@ from typing import Dict
 
 import tensorflow as tf
 
-from models import decoder, features
-from models.export import CaptionModel
+from tfx_captioning.models import decoder, features
+from tfx_captioning.models.export import CaptionModel
 
 QUANTIZATIONS = ('dynamic', 'float16', 'float32')
 """dynamic: int8 weights, float activations (default, ~4x smaller); float16:

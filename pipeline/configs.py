@@ -8,11 +8,11 @@ import dataclasses
 import os
 from typing import List
 
-PIPELINE_NAME = 'flickr8k-captioning'
-MODEL_NAME = 'captioner'
+from tfx_captioning.models import features
 
-DEFAULT_OUTPUT_ROOT = 'build'
-"""Everything a local run writes lives under this directory."""
+PIPELINE_NAME = 'flickr8k-captioning'
+MODEL_NAME = features.MODEL_NAME
+DEFAULT_OUTPUT_ROOT = features.DEFAULT_OUTPUT_ROOT
 
 SAMPLE_DATA_SUBDIR = 'sample_data'
 DEFAULT_SAMPLE_IMAGES = 320
@@ -39,11 +39,11 @@ class LocalPaths:
 
     @property
     def serving_root(self) -> str:
-        return os.path.join(self.output_root, 'serving')
+        return os.path.join(self.output_root, features.SERVING_SUBDIR)
 
     @property
     def tflite_root(self) -> str:
-        return os.path.join(self.output_root, 'tflite')
+        return os.path.join(self.output_root, features.TFLITE_SUBDIR)
 
 
 def beam_args_for_local(num_workers: int) -> List[str]:

@@ -9,8 +9,8 @@ from typing import Any
 
 from tfx import v1 as tfx
 
-from pipeline import configs
-from pipeline.pipeline import create_pipeline
+from tfx_captioning.pipeline import configs
+from tfx_captioning.pipeline.pipeline import create_pipeline
 
 
 def run(

@@ -22,16 +22,16 @@ from typing import Any, List, Mapping, Optional
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
-from components.caption_evaluator import gate
-from components.caption_evaluator.component import CaptionEvaluator
-from components.caption_pusher.component import make_pusher
-from components.flickr8k_example_gen.component import Flickr8kExampleGen
-from components.image_feature_extractor import spec as extractor_spec
-from components.image_feature_extractor.component import ImageFeatureExtractor
-from models.hparams import HParams
+from tfx_captioning.components.caption_evaluator import gate
+from tfx_captioning.components.caption_evaluator.component import CaptionEvaluator
+from tfx_captioning.components.caption_pusher.component import make_pusher
+from tfx_captioning.components.flickr8k_example_gen.component import Flickr8kExampleGen
+from tfx_captioning.components.image_feature_extractor import spec as extractor_spec
+from tfx_captioning.components.image_feature_extractor.component import ImageFeatureExtractor
+from tfx_captioning.models.hparams import HParams
 
-PREPROCESSING_FN = 'models.preprocessing.preprocessing_fn'
-RUN_FN = 'models.model.run_fn'
+PREPROCESSING_FN = 'tfx_captioning.models.preprocessing.preprocessing_fn'
+RUN_FN = 'tfx_captioning.models.trainer.run_fn'
 
 
 def create_pipeline(

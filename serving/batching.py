@@ -31,7 +31,7 @@ import grpc
 import numpy as np
 from google.protobuf import message
 
-from serving import servable as servable_lib
+from tfx_captioning.serving import servable as servable_lib
 
 
 @dataclasses.dataclass(frozen=True)

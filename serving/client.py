@@ -33,13 +33,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from models import features
-from pipeline import configs
-from serving import protocol
+from tfx_captioning.models import features
+from tfx_captioning.serving import protocol
 
 DEFAULT_TARGET = f'localhost:{protocol.GRPC_PORT}'
 
-_PAD_ID = features.RESERVED_TOKENS.index(features.PAD_TOKEN)
 
 _Response = TypeVar('_Response')
 
@@ -183,7 +181,7 @@ class CaptionClient:
     def __init__(
         self,
         target: str = DEFAULT_TARGET,
-        model_name: str = configs.MODEL_NAME,
+        model_name: str = features.MODEL_NAME,
         *,
         timeout_s: float = 10.0,
         retry: Optional[RetryPolicy] = None,
@@ -336,7 +334,7 @@ class CaptionClient:
         captions = []
         for text, ids, length in zip(texts, np.asarray(token_ids), lengths):
             kept = [int(token) for token in ids]
-            while kept and kept[-1] == _PAD_ID:
+            while kept and kept[-1] == features.PAD_ID:
                 kept.pop()
             captions.append(
                 Caption(text=bytes(text).decode('utf-8'), token_ids=tuple(kept), length=int(length))

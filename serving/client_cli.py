@@ -16,8 +16,8 @@ import json
 import sys
 from typing import List, Optional
 
-from pipeline import configs
-from serving import client as client_lib
+from tfx_captioning.models import features
+from tfx_captioning.serving import client as client_lib
 
 
 def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -26,7 +26,7 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     )
     parser.add_argument('images', nargs='*', help='image files (JPEG, PNG, GIF, BMP)')
     parser.add_argument('--server', default=client_lib.DEFAULT_TARGET, help='host:port')
-    parser.add_argument('--model', default=configs.MODEL_NAME, help='served model name')
+    parser.add_argument('--model', default=features.MODEL_NAME, help='served model name')
     versions = parser.add_mutually_exclusive_group()
     versions.add_argument('--version', type=int, default=None, help='a specific model version')
     versions.add_argument('--version-label', default=None, help='a version label, e.g. stable')

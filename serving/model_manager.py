@@ -23,8 +23,8 @@ import grpc
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2
 
-from serving import servable as servable_lib
-from serving import tf_serving_config
+from tfx_captioning.serving import servable as servable_lib
+from tfx_captioning.serving import tf_serving_config
 
 State = get_model_status_pb2.ModelVersionStatus.State
 

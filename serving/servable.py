@@ -28,8 +28,8 @@ from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from models import features, image_preprocessing
-from serving import protocol
+from tfx_captioning.models import features, image_preprocessing
+from tfx_captioning.serving import protocol
 
 _SAVED_MODEL_FILE = 'saved_model.pb'
 _INIT_OP_SIGNATURE = '__saved_model_init_op'

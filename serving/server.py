@@ -39,10 +39,10 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from models import features
-from serving import batching as batching_lib
-from serving import model_manager, protocol
-from serving import servable as servable_lib
+from tfx_captioning.models import features
+from tfx_captioning.serving import batching as batching_lib
+from tfx_captioning.serving import model_manager, protocol
+from tfx_captioning.serving import servable as servable_lib
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,18 +12,15 @@ the same pushed directory (`serving/deploy/`). Flags mirror
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
 from typing import List, Optional
 
-from pipeline import configs
-from serving import batching, protocol, servable, server, tf_serving_config
+from tfx_captioning.models import features
+from tfx_captioning.serving import batching, protocol, servable, server, tf_serving_config
 
-_DEFAULT_BASE_PATH = os.path.join(
-    configs.LocalPaths(configs.DEFAULT_OUTPUT_ROOT).serving_root, configs.MODEL_NAME
-)
+_DEFAULT_BASE_PATH = features.DEFAULT_MODEL_BASE_PATH
 
 
 def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -34,7 +31,7 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
             'Production uses the real TF Serving (serving/deploy/).'
         ),
     )
-    parser.add_argument('--model-name', default=configs.MODEL_NAME)
+    parser.add_argument('--model-name', default=features.MODEL_NAME)
     parser.add_argument(
         '--model-base-path',
         default=None,

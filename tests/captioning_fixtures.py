@@ -24,7 +24,7 @@ import tensorflow_transform.beam as tft_beam
 import tf_keras as keras
 from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 
-from models import features, preprocessing
+from tfx_captioning.models import features, preprocessing
 
 COLOURS = ('red', 'green', 'blue')
 SHAPES = ('circle', 'square')

@@ -14,9 +14,9 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.utils import proto_utils
 
-from components.image_feature_extractor import executor, spec
-from models import features
-from pipeline import sample_data
+from tfx_captioning.cli import sample_data
+from tfx_captioning.components.image_feature_extractor import executor, spec
+from tfx_captioning.models import features
 
 IN_MEMORY_ARGS = ['--direct_running_mode=in_memory', '--direct_num_workers=1']
 MULTI_PROCESSING_ARGS = ['--direct_running_mode=multi_processing', '--direct_num_workers=2']
@@ -180,8 +180,8 @@ def run_extractor(
 
 def run_example_gen(input_base: str, output_dir: str) -> standard_artifacts.Examples:
     """Runs Flickr8kExampleGen's executor on a Flickr8k-layout directory: the real upstream."""
-    from components.flickr8k_example_gen import component as example_gen_component
-    from components.flickr8k_example_gen import executor as example_gen_executor
+    from tfx_captioning.components.flickr8k_example_gen import component as example_gen_component
+    from tfx_captioning.components.flickr8k_example_gen import executor as example_gen_executor
 
     examples = standard_artifacts.Examples()
     examples.uri = output_dir

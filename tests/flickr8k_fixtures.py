@@ -6,7 +6,7 @@ from typing import Dict
 
 from PIL import Image
 
-from components.flickr8k_example_gen import layout
+from tfx_captioning.components.flickr8k_example_gen import layout
 
 
 def jpeg_bytes(colour=(200, 30, 30), size=(64, 48)) -> bytes:

@@ -5,7 +5,7 @@ import warnings
 import pytest
 from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
 
-from models import bleu
+from tfx_captioning.models import bleu
 
 REFS = [
     ['a red circle on the left'.split(), 'a small red circle on the left of the picture'.split()],

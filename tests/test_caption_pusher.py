@@ -10,8 +10,8 @@ from tfx.proto import pusher_pb2
 from tfx.types import standard_artifacts, standard_component_specs
 from tfx.utils import proto_utils
 
-from components.caption_pusher import component, executor, publish
-from models import features
+from tfx_captioning.components.caption_pusher import component, executor, publish
+from tfx_captioning.models import features
 
 
 class _Echo(tf.Module):

@@ -5,8 +5,8 @@ import zipfile
 
 import pytest
 
-from components.flickr8k_example_gen import layout
-from pipeline import flickr8k_download, sample_data
+from tfx_captioning.cli import flickr8k_download, sample_data
+from tfx_captioning.components.flickr8k_example_gen import layout
 
 
 def make_release_zips(tmp_path):

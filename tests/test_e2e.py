@@ -24,9 +24,11 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from components.caption_pusher import publish
-from models import features
-from pipeline import cli, configs, local_runner, report, sample_data, summary
+from tfx_captioning.cli import pipeline_cli as cli
+from tfx_captioning.cli import report, sample_data, summary
+from tfx_captioning.components.caption_pusher import publish
+from tfx_captioning.models import features
+from tfx_captioning.pipeline import configs, local_runner
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +129,7 @@ def test_metrics_beat_the_most_frequent_caption(runs):
 
 
 def test_three_runtimes_give_identical_captions(runs, start_caption_server, tmp_path):
-    from serving.client import CaptionClient
+    from tfx_captioning.serving.client import CaptionClient
 
     raw = summary.raw_examples(runs['store'])
     images = report.first_images(raw.uri, features.TEST_SPLIT, 3)
@@ -150,7 +152,7 @@ def test_three_runtimes_give_identical_captions(runs, start_caption_server, tmp_
     script = textwrap.dedent(
         f"""
         import json, sys
-        from serving.tflite_captioner import TFLiteCaptioner
+        from tfx_captioning.models.tflite_runtime import TFLiteCaptioner
         captioner = TFLiteCaptioner({runs['first_push']['tflite']!r})
         captions = [captioner.caption(p) for p in {paths!r}]
         assert 'tensorflow' not in sys.modules

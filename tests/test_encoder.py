@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf_keras as keras
 from tfx.utils import path_constants, path_utils
 
-from models import encoder, features
+from tfx_captioning.models import encoder, features
 
 SEED = 7
 

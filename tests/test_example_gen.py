@@ -9,10 +9,10 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import proto_utils
 
-from components.flickr8k_example_gen import component, executor, layout
-from models import features
-from pipeline import sample_data
 from tests import feature_extractor_fixtures, flickr8k_fixtures
+from tfx_captioning.cli import sample_data
+from tfx_captioning.components.flickr8k_example_gen import component, executor, layout
+from tfx_captioning.models import features
 
 
 def run_executor(input_base: str, output_dir: str) -> standard_artifacts.Examples:

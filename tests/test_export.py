@@ -12,9 +12,9 @@ import tensorflow as tf
 import tf_keras as keras
 from tensorflow.core.protobuf import saved_model_pb2
 
-from models import decoder, export, features, image_preprocessing, model
 from tests import captioning_fixtures
 from tests.flickr8k_fixtures import jpeg_bytes, png_bytes
+from tfx_captioning.models import decoder, export, features, image_preprocessing, trainer
 
 # Runs in a fresh interpreter, outside the repository, importing only TensorFlow.
 _CLIENT = textwrap.dedent(
@@ -243,7 +243,7 @@ def test_caption_loss_signature_equals_the_training_loss(exported, loaded, capti
     _, caption_model = exported
     inputs, targets = next(
         iter(
-            model.input_fn(
+            trainer.input_fn(
                 [caption_transform_run.file_pattern(features.EVAL_SPLIT)],
                 caption_transform_run.tft_output,
                 batch_size=16,
@@ -261,7 +261,7 @@ def test_caption_loss_signature_equals_the_training_loss(exported, loaded, capti
     )
     tokens = out[features.TOKENS_OUTPUT].numpy()
     np.testing.assert_array_equal(tokens, (targets.numpy() != features.PAD_ID).sum(axis=1))
-    training_loss = model.masked_loss(targets, caption_model.decoder_model(inputs)).numpy()
+    training_loss = trainer.masked_loss(targets, caption_model.decoder_model(inputs)).numpy()
     assert out[features.LOSS_OUTPUT].numpy().sum() / tokens.sum() == pytest.approx(
         training_loss, rel=1e-5
     )

@@ -2,8 +2,8 @@
 
 import pytest
 
-from models import features
-from models.hparams import HParams
+from tfx_captioning.models import features
+from tfx_captioning.models.hparams import HParams
 
 
 def test_defaults_are_the_tutorial_sizes():

@@ -16,9 +16,9 @@ from tfx.components.util import examples_utils
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, channel_utils, standard_artifacts
 
-from components.image_feature_extractor import component, executor, spec
-from models import encoder, features, image_preprocessing
 from tests import feature_extractor_fixtures as fx
+from tfx_captioning.components.image_feature_extractor import component, executor, spec
+from tfx_captioning.models import encoder, features, image_preprocessing
 
 CAPTIONS = ['A first caption.', 'Une deuxième légende', 'a third']
 

@@ -9,8 +9,8 @@ and the counters gathered from other processes.
 import numpy as np
 import pytest
 
-from components.image_feature_extractor import executor
 from tests import feature_extractor_fixtures as fx
+from tfx_captioning.components.image_feature_extractor import executor
 
 
 @pytest.mark.slow

@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from models import features
-from models import image_preprocessing as ip
 from tests import feature_extractor_fixtures as fx
+from tfx_captioning.models import features
+from tfx_captioning.models import image_preprocessing as ip
 
 BASE = fx.noise_image()
 

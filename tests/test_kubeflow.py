@@ -34,13 +34,14 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.types import standard_component_specs
 
-from components.flickr8k_example_gen import layout
-from kubeflow import cli, runner
-from kubeflow import config as kf_config
-from models import features
-from pipeline import configs, local_runner, sample_data
-from pipeline.pipeline import create_pipeline
 from tests import kfp_local
+from tfx_captioning.cli import sample_data
+from tfx_captioning.components.flickr8k_example_gen import layout
+from tfx_captioning.kubeflow import cli, runner
+from tfx_captioning.kubeflow import config as kf_config
+from tfx_captioning.models import features
+from tfx_captioning.pipeline import configs, local_runner
+from tfx_captioning.pipeline.pipeline import create_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = REPO / 'kubeflow' / 'config.example.yaml'
@@ -120,7 +121,7 @@ def _deployment(spec: pipeline_spec_pb2.PipelineSpec) -> pipeline_spec_pb2.Pipel
 
 
 def _compile_with_cli(argv: List[str]) -> None:
-    """Runs `python -m kubeflow argv` in-process, leaving the test process's logging alone."""
+    """Runs `python -m tfx_captioning.kubeflow argv` in-process, leaving the test process's logging alone."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cli.quiet, 'configure', lambda verbose: None)
         assert cli.main(argv) == 0

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from components.flickr8k_example_gen import layout
 from tests import flickr8k_fixtures
+from tfx_captioning.components.flickr8k_example_gen import layout
 
 
 def test_parse_token_lines_keeps_all_captions_in_number_order():

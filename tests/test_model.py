@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from models import decoder, features, model
 from tests import captioning_fixtures
+from tfx_captioning.models import decoder, features, trainer
 
 VOCAB_SIZE = 20
 
@@ -26,11 +26,11 @@ def trained(caption_transform_run, caption_hparams, tmp_path_factory):
     hparams = dataclasses.replace(caption_hparams, epochs=40, patience=3, learning_rate=5e-3)
     tft_output = caption_transform_run.tft_output
     keras.utils.set_random_seed(hparams.seed)
-    decoder_model = model.compile_decoder(
+    decoder_model = trainer.compile_decoder(
         decoder.build_decoder(hparams, tft_output.vocabulary_size_by_name(features.VOCAB_NAME)),
         hparams,
     )
-    train_dataset = model.input_fn(
+    train_dataset = trainer.input_fn(
         [caption_transform_run.file_pattern(features.TRAIN_SPLIT)],
         tft_output,
         hparams.batch_size,
@@ -39,7 +39,7 @@ def trained(caption_transform_run, caption_hparams, tmp_path_factory):
         shuffle_buffer=hparams.shuffle_buffer,
         seed=0,
     )
-    eval_dataset = model.input_fn(
+    eval_dataset = trainer.input_fn(
         [caption_transform_run.file_pattern(features.EVAL_SPLIT)],
         tft_output,
         hparams.batch_size,
@@ -47,7 +47,7 @@ def trained(caption_transform_run, caption_hparams, tmp_path_factory):
         repeat=False,
     )
     run_dir = str(tmp_path_factory.mktemp('run'))
-    history = model.train(decoder_model, train_dataset, eval_dataset, hparams, run_dir)
+    history = trainer.train(decoder_model, train_dataset, eval_dataset, hparams, run_dir)
     return decoder_model, history, _eval_examples(caption_transform_run), run_dir
 
 
@@ -115,7 +115,7 @@ def test_masked_loss_ignores_padding():
     rng = np.random.default_rng(0)
     y_true = np.array([[5, 6, features.END_ID, 0, 0], [7, features.END_ID, 0, 0, 0]], np.int32)
     logits = rng.normal(size=[2, 5, VOCAB_SIZE]).astype(np.float32)
-    loss = model.masked_loss(tf.constant(y_true), tf.constant(logits)).numpy()
+    loss = trainer.masked_loss(tf.constant(y_true), tf.constant(logits)).numpy()
 
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     real = y_true != features.PAD_ID
@@ -124,18 +124,20 @@ def test_masked_loss_ignores_padding():
 
     noisy = logits.copy()
     noisy[~real] = rng.normal(size=[(~real).sum(), VOCAB_SIZE]) * 100
-    assert model.masked_loss(tf.constant(y_true), tf.constant(noisy)).numpy() == pytest.approx(loss)
-    assert model.masked_loss(tf.zeros([1, 3], tf.int32), tf.constant(logits[:1, :3])).numpy() == 0
+    assert trainer.masked_loss(tf.constant(y_true), tf.constant(noisy)).numpy() == pytest.approx(
+        loss
+    )
+    assert trainer.masked_loss(tf.zeros([1, 3], tf.int32), tf.constant(logits[:1, :3])).numpy() == 0
 
 
 def test_masked_accuracy_counts_only_real_tokens():
     y_true = tf.constant([[5, 6, 0, 0]])
     logits = tf.one_hot([[5, 7, 0, 0]], VOCAB_SIZE)
-    assert model.masked_accuracy(y_true, logits).numpy() == pytest.approx(0.5)
+    assert trainer.masked_accuracy(y_true, logits).numpy() == pytest.approx(0.5)
 
 
 def test_input_fn_one_shifted_pair_per_caption(caption_transform_run, caption_hparams):
-    dataset = model.input_fn(
+    dataset = trainer.input_fn(
         [caption_transform_run.file_pattern(features.EVAL_SPLIT)],
         caption_transform_run.tft_output,
         batch_size=7,
@@ -158,7 +160,9 @@ def test_input_fn_one_shifted_pair_per_caption(caption_transform_run, caption_hp
 
 def test_input_fn_without_files_fails_clearly(caption_transform_run, tmp_path):
     with pytest.raises(ValueError, match='No transformed examples'):
-        model.input_fn([str(tmp_path / 'none*')], caption_transform_run.tft_output, 4, False, False)
+        trainer.input_fn(
+            [str(tmp_path / 'none*')], caption_transform_run.tft_output, 4, False, False
+        )
 
 
 def test_training_lowers_eval_loss_and_logs(trained):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from pipeline import cli, configs
+from tfx_captioning.cli import pipeline_cli as cli
+from tfx_captioning.pipeline import configs
 
 
 def test_cli_refuses_a_directory_that_is_not_flickr8k(tmp_path, capsys):
@@ -21,7 +22,7 @@ def test_beam_args_for_local_workers():
 
 
 def test_cli_refuses_bad_hyperparameters_before_running(tmp_path, capsys):
-    from pipeline import sample_data
+    from tfx_captioning.cli import sample_data
 
     sample_data.generate(str(tmp_path / 'data'), 8)
     argv = ['--output', str(tmp_path / 'o'), 'run', '--data', str(tmp_path / 'data')]

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import features, preprocessing
-from models.hparams import HParams
 from tests import captioning_fixtures
+from tfx_captioning.models import features, preprocessing
+from tfx_captioning.models.hparams import HParams
 
 MAX_LEN = 6
 MIN_WORD_COUNT = 2

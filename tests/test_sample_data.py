@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.flickr8k_example_gen import layout
-from pipeline import sample_data
+from tfx_captioning.cli import sample_data
+from tfx_captioning.components.flickr8k_example_gen import layout
 
 
 def digest(root: str) -> str:

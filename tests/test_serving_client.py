@@ -17,14 +17,14 @@ import time
 import grpc
 import pytest
 
-from models import features
-from pipeline import configs
-from serving import client as client_lib
-from serving import client_cli, server_cli
-from tests.conftest import (
+from tests.conftest import loopback_free_port
+from tfx_captioning.models import features
+from tfx_captioning.pipeline import configs
+from tfx_captioning.serving import client as client_lib
+from tfx_captioning.serving import client_cli, server_cli
+from tfx_captioning.serving.fixture_model import (
     fixture_in_process_captions,
     fixture_serving_images,
-    loopback_free_port,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -248,7 +248,7 @@ def test_server_cli_serves_with_the_deploy_config_files(fixture_model_base_path,
     command = [
         sys.executable,
         '-m',
-        'serving.server_cli',
+        'tfx_captioning.serving.server_cli',
         '--model-config-file',
         os.path.join(_DEPLOY_DIR, 'models.config'),
         '--batching-parameters-file',

@@ -19,10 +19,10 @@ import subprocess
 import pytest
 import yaml
 
-from models import features
-from pipeline import configs
-from serving import protocol, tf_serving_config
-from tests.conftest import fixture_serving_images, publish_fixture_version
+from tfx_captioning.models import features
+from tfx_captioning.pipeline import configs
+from tfx_captioning.serving import protocol, tf_serving_config
+from tfx_captioning.serving.fixture_model import fixture_serving_images, publish_fixture_version
 
 _DEPLOY_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'serving', 'deploy'
@@ -201,7 +201,7 @@ def test_stand_in_serves_a_pushed_directory_with_the_production_config(
     tmp_path, fixture_caption_models
 ):
     """models.config's version policy (latest 2) governs the stand-in as it would TF Serving."""
-    from serving import client, server
+    from tfx_captioning.serving import client, server
 
     serving_root = tmp_path / 'serving'
     base_path = str(serving_root / configs.MODEL_NAME)

@@ -14,10 +14,10 @@ from typing import Dict, List
 
 import pytest
 
-from pipeline import configs
-from serving import batching
-from serving import client as client_lib
-from tests.conftest import (
+from tfx_captioning.pipeline import configs
+from tfx_captioning.serving import batching
+from tfx_captioning.serving import client as client_lib
+from tfx_captioning.serving.fixture_model import (
     fixture_in_process_captions,
     fixture_serving_images,
     publish_fixture_version,

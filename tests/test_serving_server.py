@@ -23,10 +23,10 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import file_system_storage_path_source_pb2
 
-from models import features
-from pipeline import configs
-from serving import batching, protocol, servable
-from tests.conftest import fixture_serving_images, publish_fixture_version
+from tfx_captioning.models import features
+from tfx_captioning.pipeline import configs
+from tfx_captioning.serving import batching, protocol, servable
+from tfx_captioning.serving.fixture_model import fixture_serving_images, publish_fixture_version
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,7 +81,7 @@ def module_base_path(tmp_path_factory, fixture_caption_models):
 @pytest.fixture(scope='module')
 def shared_server(module_base_path):
     """One server for the fault table (module scope: each fault costs milliseconds, not a load)."""
-    from serving import server
+    from tfx_captioning.serving import server
 
     caption_server = server.CaptionServer.for_model(
         configs.MODEL_NAME,
@@ -507,7 +507,7 @@ def test_batching_merges_concurrent_requests_and_isolates_a_bad_image(
 
 
 def test_batching_options_from_the_deploy_file():
-    from serving import tf_serving_config
+    from tfx_captioning.serving import tf_serving_config
 
     options = batching.BatchingOptions.from_batching_parameters(
         tf_serving_config.parse_batching_parameters(
@@ -526,7 +526,7 @@ def test_batching_options_from_the_deploy_file():
 def test_server_binds_loopback_by_default_and_refuses_a_taken_port(
     fixture_model_base_path, start_caption_server
 ):
-    from serving import server
+    from tfx_captioning.serving import server
 
     first = start_caption_server(fixture_model_base_path)
     assert first.target.startswith(protocol.LOOPBACK_HOST + ':')

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from models import decoder, export, features, tflite_export
-from models.hparams import HParams
+from tfx_captioning.models import decoder, export, features, tflite_export
+from tfx_captioning.models.hparams import HParams
 
 
 @pytest.fixture(scope='module')
@@ -80,14 +80,14 @@ def test_unknown_quantization_is_refused(caption_model):
 
 
 def test_written_model_captions_without_tensorflow(caption_model, tmp_path):
-    """serving.tflite_captioner runs the file in a process that never imports TensorFlow."""
+    """models.tflite_runtime runs the file in a process that never imports TensorFlow."""
     path = tflite_export.write_tflite(caption_model, caption_model.words, str(tmp_path), 'float32')
     image = images(1)[0]
     np.save(tmp_path / 'image.npy', image)
     expected = caption_model.caption_from_features(caption_model.encoder(image))
     script = textwrap.dedent(f"""
         import sys, numpy as np
-        from serving.tflite_captioner import TFLiteCaptioner
+        from tfx_captioning.models.tflite_runtime import TFLiteCaptioner
         caption = TFLiteCaptioner({path!r}).caption(np.load({str(tmp_path / 'image.npy')!r}))
         assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'
         print(caption)

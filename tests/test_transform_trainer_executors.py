@@ -3,10 +3,10 @@
 Extractor-like examples and a SchemaGen-style schema (every feature
 VarLen, as ``SchemaGen(infer_feature_shape=False)`` writes it) go through
 `tfx.components.transform.executor.Executor` with
-``preprocessing_fn='models.preprocessing.preprocessing_fn'`` (statistics on,
+``preprocessing_fn='tfx_captioning.models.preprocessing.preprocessing_fn'`` (statistics on,
 as in the pipeline); its outputs, plus an InceptionV3 encoder artifact, go
 through `tfx.components.trainer.executor.GenericExecutor` with
-``run_fn='models.model.run_fn'``. The exported model is then queried.
+``run_fn='tfx_captioning.models.trainer.run_fn'``. The exported model is then queried.
 """
 
 import json
@@ -23,9 +23,9 @@ from tfx.proto import trainer_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.utils import io_utils, path_utils, proto_utils
 
-from models import encoder, features, image_preprocessing
 from tests import captioning_fixtures
 from tests.flickr8k_fixtures import jpeg_bytes
+from tfx_captioning.models import encoder, features, image_preprocessing
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +93,7 @@ def transform_outputs(tmp_path_factory, caption_hparams):
         },
         outputs,
         {
-            standard_component_specs.PREPROCESSING_FN_KEY: 'models.preprocessing.preprocessing_fn',
+            standard_component_specs.PREPROCESSING_FN_KEY: 'tfx_captioning.models.preprocessing.preprocessing_fn',
             standard_component_specs.CUSTOM_CONFIG_KEY: json.dumps(
                 caption_hparams.transform_config()
             ),
@@ -147,7 +147,7 @@ def trained_model(transform_outputs, caption_hparams, tmp_path_factory):
             standard_component_specs.MODEL_RUN_KEY: [model_run],
         },
         {
-            standard_component_specs.RUN_FN_KEY: 'models.model.run_fn',
+            standard_component_specs.RUN_FN_KEY: 'tfx_captioning.models.trainer.run_fn',
             standard_component_specs.TRAIN_ARGS_KEY: proto_utils.proto_to_json(
                 trainer_pb2.TrainArgs(num_steps=30)
             ),

@@ -17,7 +17,7 @@ from tfx import types
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 
-from components.caption_evaluator import executor, gate, spec
+from tfx_captioning.components.caption_evaluator import executor, gate, spec
 
 
 class CaptionEvaluator(base_component.BaseComponent):

@@ -21,7 +21,7 @@ import collections
 import json
 import logging
 import os
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -31,28 +31,12 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
-from components.caption_evaluator import gate, spec
-from models import bleu, features
-from models.preprocessing import normalize_caption
+from tfx_captioning.components.caption_evaluator import gate, records, spec, tflite_parity
+from tfx_captioning.models import bleu, features
+from tfx_captioning.models.preprocessing import normalize_caption
 
 REPORT_SPLITS = (features.EVAL_SPLIT, features.TEST_SPLIT)
 SAMPLES_PER_SPLIT = 12
-
-
-def _gz_files(examples: types.Artifact, split: str) -> List[str]:
-    files = tf.io.gfile.glob(os.path.join(artifact_utils.get_split_uri([examples], split), '*'))
-    if not files:
-        raise ValueError(f'No records in split {split!r} of {examples.uri}.')
-    return files
-
-
-def read_examples(
-    examples: types.Artifact, split: str, feature_spec: Dict[str, Any], batch_size: int
-) -> Iterator[Dict[str, tf.Tensor]]:
-    """Parsed batches of one split's gzipped tf.Examples, in file order."""
-    dataset = tf.data.TFRecordDataset(_gz_files(examples, split), compression_type='GZIP')
-    dataset = dataset.batch(batch_size).map(lambda x: tf.io.parse_example(x, feature_spec))
-    yield from dataset
 
 
 RAW_FEATURE_SPEC = {
@@ -80,7 +64,7 @@ def generate_split(
     """(image ids, generated word lists, reference word lists) for one split."""
     caption_fn = signatures[features.FEATURES_SIGNATURE]
     ids, hypotheses, references = [], [], []
-    for batch in read_examples(examples, split, RAW_FEATURE_SPEC, batch_size):
+    for batch in records.read_examples(examples, split, RAW_FEATURE_SPEC, batch_size):
         out = caption_fn(**{features.IMAGE_FEATURES_INPUT: batch[features.IMAGE_FEATURES_KEY]})
         ids += [i.decode('utf-8') for i in batch[features.IMAGE_ID_KEY].numpy()]
         hypotheses += [c.decode('utf-8').split() for c in out[features.CAPTION_OUTPUT].numpy()]
@@ -98,7 +82,7 @@ def split_loss(
     """Masked mean cross-entropy per real token over every caption of the split."""
     loss_fn = signatures[features.LOSS_SIGNATURE]
     total, tokens = 0.0, 0
-    for batch in read_examples(transformed, split, feature_spec, batch_size):
+    for batch in records.read_examples(transformed, split, feature_spec, batch_size):
         ids = batch[features.CAPTION_IDS_KEY]
         if isinstance(ids, tf.RaggedTensor):
             # [images, (captions), len] -> one row per caption, each image's features repeated.
@@ -175,8 +159,6 @@ class Executor(base_executor.BaseExecutor):
         raw = input_dict.get(spec.RAW_EXAMPLES_KEY) or []
         agreement = None
         if raw:
-            from components.caption_evaluator import tflite_parity
-
             agreement = tflite_parity.measure(
                 model.uri,
                 raw[0],
@@ -203,7 +185,7 @@ def generate_split_references(
     examples: types.Artifact, split: str, batch_size: int
 ) -> List[List[List[str]]]:
     references = []
-    for batch in read_examples(examples, split, RAW_FEATURE_SPEC, batch_size):
+    for batch in records.read_examples(examples, split, RAW_FEATURE_SPEC, batch_size):
         references += normalized_references(batch[features.CAPTIONS_KEY])
     return references
 

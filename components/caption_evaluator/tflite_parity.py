@@ -12,15 +12,15 @@ import tensorflow as tf
 from tfx import types
 from tfx.utils import path_utils
 
-from components.caption_evaluator import executor
-from models import features, image_preprocessing
-from serving.tflite_captioner import TFLiteCaptioner
+from tfx_captioning.components.caption_evaluator import records
+from tfx_captioning.models import features, image_preprocessing
+from tfx_captioning.models.tflite_runtime import TFLiteCaptioner
 
 
 def read_images(raw_examples: types.Artifact, split: str, limit: int) -> List[bytes]:
     spec = {features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)}
     images = []
-    for batch in executor.read_examples(raw_examples, split, spec, min(limit, 64)):
+    for batch in records.read_examples(raw_examples, split, spec, min(limit, 64)):
         images += list(batch[features.IMAGE_KEY].numpy())
         if len(images) >= limit:
             break

@@ -11,7 +11,7 @@ from tfx.components.pusher.component import Pusher
 from tfx.dsl.components.base import executor_spec
 from tfx.types import Channel
 
-from components.caption_pusher import executor
+from tfx_captioning.components.caption_pusher import executor
 
 
 class CaptionPusher(Pusher):

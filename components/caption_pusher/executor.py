@@ -26,8 +26,8 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
-from components.caption_pusher import publish
-from models import features
+from tfx_captioning.components.caption_pusher import publish
+from tfx_captioning.models import features
 
 # Keys of the Pusher's custom_config.
 MODEL_NAME_KEY = 'model_name'

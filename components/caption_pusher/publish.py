@@ -15,7 +15,7 @@ from typing import Iterable, Optional
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from models import features
+from tfx_captioning.models import features
 
 WARMUP_FILE = os.path.join(features.WARMUP_REQUESTS_DIR, features.WARMUP_REQUESTS_FILE)
 TFLITE_FILE = features.TFLITE_FILE

@@ -19,7 +19,7 @@ from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 
-from components.flickr8k_example_gen import executor, layout
+from tfx_captioning.components.flickr8k_example_gen import executor, layout
 
 
 def make_input_config(split_files: Optional[Mapping[str, str]] = None) -> example_gen_pb2.Input:

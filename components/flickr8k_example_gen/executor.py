@@ -26,9 +26,9 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from components import beam_metrics
-from components.flickr8k_example_gen import layout
-from models import features
+from tfx_captioning.components import beam_metrics
+from tfx_captioning.components.flickr8k_example_gen import layout
+from tfx_captioning.models import features
 
 METRICS_NAMESPACE = 'flickr8k_example_gen'
 REPORT_PROPERTY = 'ingestion_report'

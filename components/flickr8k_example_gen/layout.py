@@ -19,7 +19,7 @@ import os
 import re
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from models import features
+from tfx_captioning.models import features
 
 IMAGES_DIR = 'Flicker8k_Dataset'
 TOKEN_FILE = 'Flickr8k.token.txt'

@@ -9,8 +9,8 @@ from tfx import types
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import standard_artifacts
 
-from components.image_feature_extractor import executor, spec
-from models import encoder, image_preprocessing
+from tfx_captioning.components.image_feature_extractor import executor, spec
+from tfx_captioning.models import encoder, image_preprocessing
 
 
 class ImageFeatureExtractor(base_beam_component.BaseBeamComponent):

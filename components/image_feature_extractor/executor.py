@@ -45,9 +45,9 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
-from components import beam_metrics
-from components.image_feature_extractor import spec
-from models import encoder, features, image_preprocessing
+from tfx_captioning.components import beam_metrics
+from tfx_captioning.components.image_feature_extractor import spec
+from tfx_captioning.models import encoder, features, image_preprocessing
 
 METRICS_NAMESPACE = 'image_feature_extractor'
 REPORT_PROPERTY = 'extraction_report'

@@ -12,7 +12,7 @@ from tfx import types
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from models import encoder, image_preprocessing
+from tfx_captioning.models import encoder, image_preprocessing
 
 # Channels.
 EXAMPLES_KEY = 'examples'

@@ -1,24 +1,21 @@
 """On-device captioning with the standalone TFLite runtime (`ai-edge-litert`).
 
-Imports neither TensorFlow nor any project module that does: this is what a
-phone or an edge box runs. The model (`model.tflite`) takes one RGB image
+Imports neither TensorFlow nor any project module that does (`features` holds
+constants only): this is what a phone or an edge box runs; `caption-tflite`
+(`serving/tflite_cli.py`) is its command line. The model (`model.tflite`) takes one RGB image
 resized to 299x299 and scaled to [-1, 1] (`load_image` does it with Pillow)
 and returns the greedy token ids; `vocab.txt` beside it maps ids to words.
-
-    caption-tflite build/tflite/captioner/<version>/model.tflite photo.jpg
 """
 
-import argparse
 import io
 import os
-import sys
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
-from models import features  # constants only: no TensorFlow
+from tfx_captioning.models import features  # constants only: no TensorFlow
 
 
 def load_image(image: Union[str, bytes]) -> np.ndarray:
@@ -78,31 +75,3 @@ class TFLiteCaptioner:
         if not isinstance(image, np.ndarray):
             image = load_image(image)
         return ids_to_caption(self.token_ids(image), self.words)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog='caption-tflite',
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument('model', help='path to model.tflite (vocab.txt beside it)')
-    parser.add_argument('images', nargs='+')
-    args = parser.parse_args(argv)
-    try:
-        captioner = TFLiteCaptioner(args.model)
-    except (OSError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    status = 0
-    for path in args.images:
-        try:
-            print(f'{path}\t{captioner.caption(path)}')
-        except (OSError, ValueError) as e:  # PIL raises OSError subclasses for bad files
-            print(f'{path}\terror: {e}', file=sys.stderr)
-            status = 1
-    return status
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -12,7 +12,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx.types import artifact_utils
 
-from components.flickr8k_example_gen import executor as example_gen_executor
+from tfx_captioning.components.flickr8k_example_gen import executor as example_gen_executor
 
 
 def open_store(metadata_path: str) -> metadata_store.MetadataStore:
@@ -106,8 +106,8 @@ def raw_examples(store: metadata_store.MetadataStore) -> Optional[metadata_store
 
 def latest_pushed(store: metadata_store.MetadataStore) -> Dict[str, Any]:
     """Where the latest push went: {'version', 'saved_model', 'tflite'} (empty if none)."""
-    from components.caption_pusher import executor as pusher_executor
-    from models import features
+    from tfx_captioning.components.caption_pusher import executor as pusher_executor
+    from tfx_captioning.models import features
 
     pushed = [
         a
@@ -131,8 +131,8 @@ def latest_pushed(store: metadata_store.MetadataStore) -> Dict[str, Any]:
 
 def latest_decision(store: metadata_store.MetadataStore) -> Optional[Dict[str, Any]]:
     """The latest blessing: {'blessed', 'reason', 'pushed', 'not_pushed_reason'}."""
-    from components.caption_pusher import executor as pusher_executor
-    from models import features
+    from tfx_captioning.components.caption_pusher import executor as pusher_executor
+    from tfx_captioning.models import features
 
     blessing = latest_artifact(store, 'ModelBlessing')
     if blessing is None:
@@ -157,7 +157,7 @@ def latest_decision(store: metadata_store.MetadataStore) -> Optional[Dict[str, A
 
 def evaluation_metrics(store: metadata_store.MetadataStore) -> Optional[Dict[str, Any]]:
     """The latest CaptionEvaluator report (metrics.json), or None."""
-    from components.caption_evaluator import spec as evaluator_spec
+    from tfx_captioning.components.caption_evaluator import spec as evaluator_spec
 
     evaluation = latest_artifact(store, 'ModelEvaluation')
     if evaluation is None:

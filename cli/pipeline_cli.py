@@ -13,7 +13,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from pipeline import configs, quiet
+from tfx_captioning.cli import quiet
+from tfx_captioning.pipeline import configs
 
 
 def _positive_int(text: str) -> int:
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _prepare_sample(paths: configs.LocalPaths, num_images: int) -> str:
-    from pipeline import sample_data
+    from tfx_captioning.cli import sample_data
 
     marker = os.path.join(
         paths.sample_data, f'.generated-{num_images}-{configs.DEFAULT_SAMPLE_SEED}'
@@ -123,15 +124,16 @@ def pipeline_args(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from components.flickr8k_example_gen import layout
+    from tfx_captioning.components.flickr8k_example_gen import layout
 
     paths = configs.LocalPaths(os.path.abspath(args.output))
     data = args.data or _prepare_sample(paths, args.sample_images)
     try:
         layout.check_layout(data)
         kwargs = pipeline_args(args)
-        from pipeline import local_runner, progress
-        from pipeline.pipeline import create_pipeline
+        from tfx_captioning.cli import progress
+        from tfx_captioning.pipeline import local_runner
+        from tfx_captioning.pipeline.pipeline import create_pipeline
 
         # Fail on bad flags before any work starts.
         create_pipeline('check', '/tmp/check', data, paths.serving_root, **kwargs)
@@ -150,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def print_summary(paths: configs.LocalPaths) -> None:
     """Prints what the latest run produced: data, validation, metrics, decision, models."""
-    from pipeline import summary
+    from tfx_captioning.cli import summary
 
     store = summary.open_store(paths.metadata_path)
     report = summary.ingestion_report(store)
@@ -185,7 +187,7 @@ def print_summary(paths: configs.LocalPaths) -> None:
         print(f'Pushed TFLite:     {pushed["tflite"] or "not published (see evaluator)"}')
         _print_sample_captions(store, pushed['saved_model'])
     try:
-        from pipeline import report as report_lib
+        from tfx_captioning.cli import report as report_lib
 
         built = report_lib.build_report(paths)
         print(f'\nReport: {built["html"]} (contact sheet {built["contact_sheet"]})')
@@ -212,9 +214,9 @@ def format_bleu_table(metrics: Dict[str, Any]) -> str:
 
 
 def _print_sample_captions(store, model_dir: str, count: int = 3) -> None:
-    from models import features
-    from pipeline import report as report_lib
-    from pipeline import summary
+    from tfx_captioning.cli import report as report_lib
+    from tfx_captioning.cli import summary
+    from tfx_captioning.models import features
 
     raw = summary.raw_examples(store)
     if raw is None:
@@ -230,7 +232,7 @@ def caption_bytes(model_dir: str, images: List[bytes]) -> List[str]:
     """Captions encoded images with a SavedModel version directory, in-process."""
     import tensorflow as tf
 
-    from models import features
+    from tfx_captioning.models import features
 
     signature = tf.saved_model.load(model_dir).signatures[features.SERVING_SIGNATURE]
     out = signature(**{features.IMAGE_BYTES_INPUT: tf.constant(images)})
@@ -238,7 +240,7 @@ def caption_bytes(model_dir: str, images: List[bytes]) -> List[str]:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    from pipeline import summary
+    from tfx_captioning.cli import summary
 
     model_dir = args.model_dir
     if not model_dir:
@@ -274,7 +276,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipeline import report as report_lib
+    from tfx_captioning.cli import report as report_lib
 
     try:
         built = report_lib.build_report(configs.LocalPaths(os.path.abspath(args.output)))

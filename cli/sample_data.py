@@ -17,7 +17,7 @@ from typing import Dict, List, Mapping, Sequence
 
 from PIL import Image, ImageDraw
 
-from components.flickr8k_example_gen import layout
+from tfx_captioning.components.flickr8k_example_gen import layout
 
 COLOURS: Mapping[str, Sequence[int]] = {
     'red': (220, 30, 30),

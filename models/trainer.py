@@ -1,6 +1,6 @@
 """The Trainer module: trains the GRU decoder on Transform's output and exports the combined model.
 
-`run_fn` (referenced as ``models.model.run_fn``) reads the transformed
+`run_fn` (referenced as ``tfx_captioning.models.trainer.run_fn``) reads the transformed
 examples, turns every caption of every image into one teacher-forcing pair
 (five pairs per Flickr8k image, shuffled), trains `decoder.build_decoder` with
 a cross-entropy masked on ``<pad>``, stops early on the eval loss, keeps the
@@ -21,8 +21,8 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from models import decoder, export, features, tflite_export
-from models.hparams import HParams
+from tfx_captioning.models import decoder, export, features, tflite_export
+from tfx_captioning.models.hparams import HParams
 
 # Examples parsed per `tf.io.parse_example` call before they are split into pairs.
 _PARSE_BATCH = 128

@@ -18,9 +18,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
-from components.caption_evaluator import spec as evaluator_spec
-from models import features
-from pipeline import summary
+from tfx_captioning.cli import summary
+from tfx_captioning.components.caption_evaluator import spec as evaluator_spec
+from tfx_captioning.models import features
 
 THUMB = (200, 150)
 

@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from pipeline import configs
+from tfx_captioning.pipeline import configs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == 'sample':
-        from pipeline import sample_data
+        from tfx_captioning.cli import sample_data
 
         try:
             counts = sample_data.generate(args.out, args.num_images, args.seed)
@@ -40,7 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
         print(f'Wrote {sum(counts.values())} images to {args.out}: {counts}')
         return 0
-    from pipeline import flickr8k_download
+    from tfx_captioning.cli import flickr8k_download
 
     try:
         flickr8k_download.download_flickr8k(args.out, keep_zips=args.keep_zips)

@@ -15,7 +15,7 @@ import urllib.request
 import zipfile
 from typing import Callable, Optional, Sequence
 
-from components.flickr8k_example_gen import layout
+from tfx_captioning.components.flickr8k_example_gen import layout
 
 RELEASE_URL = 'https://github.com/jbrownlee/Datasets/releases/download/Flickr8k'
 DEFAULT_URLS = (
