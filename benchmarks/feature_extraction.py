@@ -134,7 +134,7 @@ def time_executor_do(examples, output_root: str, weights: str, batch_size: int) 
     executor.Executor(context).Do(
         {spec.EXAMPLES_KEY: [examples]},
         {spec.FEATURE_EXAMPLES_KEY: [feature_examples], spec.ENCODER_KEY: [encoder_artifact]},
-        properties.as_exec_properties(),
+        properties.to_exec_properties(),
     )
     return time.perf_counter() - start
 

@@ -75,8 +75,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar='KEY=VALUE',
         help='a models.hparams.HParams field, e.g. --hparam epochs=20 (repeatable)',
     )
-    run.add_argument('--min-bleu-4', type=float, help='blessing threshold on eval BLEU-4')
-    run.add_argument('--max-loss', type=float, help='blessing threshold on eval loss')
+    run.add_argument(
+        '--gate',
+        action='append',
+        type=_hparam,
+        default=[],
+        metavar='KEY=VALUE',
+        help='a blessing-gate setting (components/caption_evaluator/gate.py GateConfig), e.g. '
+        '--gate min_margin_over_baseline=0.2 (repeatable)',
+    )
+    run.add_argument(
+        '--min-metric',
+        action='append',
+        type=_hparam,
+        default=[],
+        metavar='NAME=VALUE',
+        help='an absolute floor on an eval metric, e.g. --min-metric BLEU-4=0.15 (repeatable)',
+    )
+    run.add_argument('--min-bleu-4', type=float, help='short for --min-metric BLEU-4=X')
+    run.add_argument('--max-loss', type=float, help='blessing ceiling on the masked eval loss')
+    run.add_argument(
+        '--min-tflite-agreement',
+        type=float,
+        help='share of eval images a TFLite variant must caption as the SavedModel does to '
+        'ship (default 0.95)',
+    )
     run.add_argument('--no-cache', action='store_true', help='re-run every component')
     caption = sub.add_parser('caption', help='caption images with the latest pushed model')
     caption.add_argument('images', nargs='+')
@@ -101,26 +124,40 @@ def _prepare_sample(paths: configs.LocalPaths, num_images: int) -> str:
 
 
 def pipeline_args(args: argparse.Namespace) -> Dict[str, Any]:
-    """create_pipeline arguments from the flags; the sample data's defaults without --data."""
+    """create_pipeline's parameter objects from the flags; the sample's defaults without --data.
+
+    Building the objects validates every flag, so a typo fails before anything runs.
+
+    Raises:
+      ValueError: naming the bad flag value.
+    """
+    from tfx_captioning.components.caption_evaluator import gate as gate_lib
+    from tfx_captioning.components.caption_evaluator.spec import EvaluatorParameters
+    from tfx_captioning.components.image_feature_extractor.spec import ExtractorParameters
+    from tfx_captioning.models.hparams import HParams
+
     sample = not args.data
     hparams = dict(configs.SAMPLE_HPARAMS) if sample else {}
     hparams.update(dict(args.hparam))
-    out = {
-        'encoder_weights': args.encoder_weights
-        or (configs.SAMPLE_ENCODER_WEIGHTS if sample else 'imagenet'),
-        'hparams': hparams,
-        'train_steps': args.train_steps,
-    }
-    min_bleu_4 = (
-        args.min_bleu_4
-        if args.min_bleu_4 is not None
-        else (configs.SAMPLE_MIN_BLEU_4 if sample else None)
-    )
-    if min_bleu_4 is not None:
-        out['min_bleu_4'] = min_bleu_4
+    gate = dict(args.gate)
+    min_metrics = dict(gate.pop('min_metrics', None) or {})
+    min_metrics.update({name: float(value) for name, value in args.min_metric})
+    if args.min_bleu_4 is not None:
+        min_metrics['BLEU-4'] = args.min_bleu_4
     if args.max_loss is not None:
-        out['max_loss'] = args.max_loss
-    return out
+        gate['max_loss'] = args.max_loss
+    return {
+        'hparams': HParams.from_custom_config(hparams),
+        'extractor': ExtractorParameters(
+            weights=args.encoder_weights
+            or (configs.SAMPLE_ENCODER_WEIGHTS if sample else 'imagenet')
+        ).validate(),
+        'evaluator': EvaluatorParameters(
+            gate=gate_lib.GateConfig.from_dict({**gate, 'min_metrics': min_metrics})
+        ).validate(),
+        'train_steps': args.train_steps,
+        'min_tflite_agreement': args.min_tflite_agreement,
+    }
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -133,15 +170,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         kwargs = pipeline_args(args)
         from tfx_captioning.cli import progress
         from tfx_captioning.pipeline import local_runner
-        from tfx_captioning.pipeline.pipeline import create_pipeline
-
-        # Fail on bad flags before any work starts.
-        create_pipeline('check', '/tmp/check', data, paths.serving_root, **kwargs)
     except (layout.Flickr8kLayoutError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     print(f'Running {configs.PIPELINE_NAME} on {data} -> {paths.output_root}')
-    print(f'  encoder weights: {kwargs["encoder_weights"]}, hyperparameters: {kwargs["hparams"]}')
+    print(
+        f'  encoder weights: {kwargs["extractor"].weights}, '
+        f'hyperparameters: {kwargs["hparams"].to_custom_config()}'
+    )
     progress.attach()
     start = time.monotonic()
     local_runner.run(data, args.output, args.beam_workers, enable_cache=not args.no_cache, **kwargs)
@@ -171,20 +207,29 @@ def print_summary(paths: configs.LocalPaths) -> None:
         )
     metrics = summary.evaluation_metrics(store)
     if metrics:
-        print('\n' + format_bleu_table(metrics))
+        print('\n' + summary.format_metrics_table(metrics))
     decision = summary.latest_decision(store)
+    pushed = summary.latest_pushed(store)
+    if metrics:
+        shipped = pushed.get('tflite_variant') if decision and decision['pushed'] else None
+        print('\n' + summary.format_tflite_table(metrics.get('tflite') or [], shipped))
     if decision:
-        verdict = 'BLESSED' if decision['blessed'] else 'NOT blessed'
+        verdict = 'BLESSED' if decision['blessed'] else 'NOT BLESSED'
         print(f'\nModel {verdict}: {decision["reason"]}')
         if not decision['pushed']:
             print(
                 'Nothing pushed'
                 + (f': {decision["not_pushed_reason"]}' if decision['not_pushed_reason'] else '.')
             )
-    pushed = summary.latest_pushed(store)
+            if pushed:
+                print(f'Still serving the previous push: {pushed["saved_model"]}')
     if pushed and decision and decision['pushed']:
         print(f'Pushed SavedModel: {pushed["saved_model"]}')
-        print(f'Pushed TFLite:     {pushed["tflite"] or "not published (see evaluator)"}')
+        print(
+            f'Pushed TFLite:     {pushed["tflite"]} ({pushed["tflite_choice"]})'
+            if pushed['tflite']
+            else f'TFLite not published: {pushed["tflite_choice"] or "no TFLite root"}'
+        )
         _print_sample_captions(store, pushed['saved_model'])
     try:
         from tfx_captioning.cli import report as report_lib
@@ -193,24 +238,6 @@ def print_summary(paths: configs.LocalPaths) -> None:
         print(f'\nReport: {built["html"]} (contact sheet {built["contact_sheet"]})')
     except FileNotFoundError:
         pass
-
-
-def format_bleu_table(metrics: Dict[str, Any]) -> str:
-    header = f'{"split":<6} {"BLEU-1":>7} {"BLEU-2":>7} {"BLEU-3":>7} {"BLEU-4":>7} {"loss":>7}  {"baseline BLEU-4":>15}'
-    lines = [header]
-    for split, result in metrics['splits'].items():
-        m = result['metrics']
-        lines.append(
-            f'{split:<6} '
-            + ' '.join(f'{m[f"bleu_{n}"]:>7.4f}' for n in range(1, 5))
-            + f' {m["loss"]:>7.4f}  {result["most_frequent_caption_bleu"]["bleu_4"]:>15.4f}'
-        )
-    lines.append('(baseline: the most frequent training caption for every image)')
-    if metrics.get('tflite_agreement') is not None:
-        lines.append(
-            f'TFLite caption agreement with the SavedModel: {metrics["tflite_agreement"]:.1%}'
-        )
-    return '\n'.join(lines)
 
 
 def _print_sample_captions(store, model_dir: str, count: int = 3) -> None:

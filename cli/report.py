@@ -1,8 +1,9 @@
 """The evaluation report: an HTML page and a PNG contact sheet of test images.
 
 Everything comes from the latest run's artifacts in ML Metadata: the
-evaluator's metrics.json (BLEU, loss, sample captions with their references,
-the most-frequent-caption baseline, the blessing decision, TFLite agreement),
+evaluator's metrics.json (coco-caption metrics, loss, sample captions with their
+references, the most-frequent-caption baseline, the blessing decision, each
+TFLite variant's size, latency and agreement),
 the Trainer's TensorBoard logs (loss curves), the pushed SavedModel and TFLite
 file (sizes) and the ExampleGen's test images. The HTML is self-contained
 (images inlined), so it can be mailed or attached to a review.
@@ -133,29 +134,46 @@ def _b64_png(image: Image.Image) -> str:
     return base64.b64encode(out.getvalue()).decode('ascii')
 
 
+def _milliseconds(value: Optional[float]) -> str:
+    return '—' if value is None else f'{value:.0f} ms'
+
+
 def render_html(
     report: Dict[str, Any],
     curves: Dict[str, List[Tuple[int, float]]],
     sizes: Dict[str, Optional[int]],
     sheet: Image.Image,
+    shipped: Optional[str] = None,
 ) -> str:
     """The report page as a string (pure: easy to test)."""
     e = html.escape
+    names = list(features.METRIC_NAMES)
     rows = []
     for split, result in report['splits'].items():
-        m = result['metrics']
-        base = result['most_frequent_caption_bleu']
-        rows.append(
-            f'<tr><td>{e(split)}</td>'
-            + ''.join(f'<td>{m[f"bleu_{n}"]:.4f}</td>' for n in range(1, 5))
-            + f'<td>{m["loss"]:.4f}</td><td>{int(m["num_images"])}</td>'
-            f'<td>{base["bleu_4"]:.4f}</td></tr>'
-        )
-    verdict = 'BLESSED' if report['blessed'] else 'NOT blessed: ' + '; '.join(report['failures'])
-    agreement = report.get('tflite_agreement')
+        systems = [('model', result['metrics'])]
+        if result.get('most_frequent_caption'):
+            systems.append(('most frequent caption', result['most_frequent_caption']))
+        for label, m in systems:
+            loss = m.get('loss')
+            rows.append(
+                f'<tr><td>{e(split)}</td><td>{e(label)}</td>'
+                + ''.join(f'<td>{m[n]:.4f}</td>' for n in names)
+                + f'<td>{"—" if loss is None else f"{loss:.4f}"}</td></tr>'
+            )
+    verdict = (
+        'BLESSED: ' + report.get('reason', '')
+        if report['blessed']
+        else ('NOT BLESSED: ' + '; '.join(report['failures']))
+    )
     size_rows = ''.join(
         f'<tr><td>{e(k)}</td><td>{"—" if v is None else f"{v / 1e6:.1f} MB"}</td></tr>'
         for k, v in sizes.items()
+    )
+    tflite_rows = ''.join(
+        f'<tr><td>{e(c["variant"])}</td><td>{c["size_bytes"] / 1e6:.1f} MB</td>'
+        f'<td>{_milliseconds(c.get("latency_ms"))}</td>'
+        f'<td>{c["agreement"]:.1%}</td><td>{"shipped" if c["variant"] == shipped else ""}</td></tr>'
+        for c in report.get('tflite') or []
     )
     samples = report['splits'].get(features.TEST_SPLIT, {}).get('samples', [])
     sample_rows = ''.join(
@@ -170,13 +188,17 @@ td,th{{border:1px solid #ccc;padding:4px 8px}}</style></head><body>
 <h1>Caption model report</h1>
 <p><b>{e(verdict)}</b></p>
 <p>Model: <code>{e(report['model'])}</code></p>
-<h2>BLEU and loss</h2>
-<table><tr><th>split</th><th>BLEU-1</th><th>BLEU-2</th><th>BLEU-3</th><th>BLEU-4</th>
-<th>loss</th><th>images</th><th>BLEU-4 of the most frequent caption</th></tr>{''.join(rows)}</table>
+<h2>Metrics (coco-caption toolkit, all references)</h2>
+<table><tr><th>split</th><th>system</th>{''.join(f'<th>{n}</th>' for n in names)}
+<th>loss</th></tr>{''.join(rows)}</table>
 <p>Most frequent training caption: <i>{e(report.get('most_frequent_train_caption', ''))}</i></p>
 <h2>Training</h2>{_svg_curves(curves)}
-<h2>Models</h2><table>{size_rows}
-<tr><td>TFLite caption agreement</td><td>{'—' if agreement is None else f'{agreement:.1%}'}</td></tr></table>
+<h2>Models</h2><table>{size_rows}</table>
+<h2>TFLite variants</h2>
+<p>Caption agreement with the SavedModel on eval images, through the on-device image
+loading; the smallest variant that agrees ships.</p>
+<table><tr><th>variant</th><th>size</th><th>one image</th><th>agreement</th><th></th></tr>
+{tflite_rows}</table>
 <h2>Test images</h2><img src="data:image/png;base64,{_b64_png(sheet)}">
 <table><tr><th>image</th><th>predicted</th><th>references</th></tr>{sample_rows}</table>
 </body></html>
@@ -202,7 +224,7 @@ def build_report(paths, output_dir: Optional[str] = None) -> Dict[str, str]:
     pushed = summary.latest_pushed(store)
     sizes = {
         'SavedModel': directory_size(pushed['saved_model']) if pushed.get('saved_model') else None,
-        'TFLite (dynamic-range)': (
+        f'TFLite ({pushed.get("tflite_variant") or "none shipped"})': (
             tf.io.gfile.stat(pushed['tflite']).length if pushed.get('tflite') else None
         ),
     }
@@ -220,7 +242,7 @@ def build_report(paths, output_dir: Optional[str] = None) -> Dict[str, str]:
     sheet.save(sheet_path)
     html_path = os.path.join(output_dir, 'index.html')
     with open(html_path, 'w', encoding='utf-8') as f:
-        f.write(render_html(report, curves, sizes, sheet))
+        f.write(render_html(report, curves, sizes, sheet, pushed.get('tflite_variant')))
     return {'html': html_path, 'contact_sheet': sheet_path}
 
 

@@ -120,12 +120,16 @@ def latest_pushed(store: metadata_store.MetadataStore) -> Dict[str, Any]:
         return {}
     props = latest.custom_properties
     tflite_dir = props.get(pusher_executor.TFLITE_DESTINATION_KEY)
+    variant = props.get(pusher_executor.TFLITE_VARIANT_KEY)
+    choice = props.get(pusher_executor.TFLITE_CHOICE_KEY)
     return {
         'version': props['pushed_version'].string_value,
         'saved_model': props['pushed_destination'].string_value,
         'tflite': (
             os.path.join(tflite_dir.string_value, features.TFLITE_FILE) if tflite_dir else None
         ),
+        'tflite_variant': variant.string_value if variant else None,
+        'tflite_choice': choice.string_value if choice else '',
     }
 
 
@@ -167,3 +171,47 @@ def evaluation_metrics(store: metadata_store.MetadataStore) -> Optional[Dict[str
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def format_metrics_table(report: Dict[str, Any]) -> str:
+    """The evaluator's metrics per split, the model beside the most-frequent-caption baseline."""
+    from tfx_captioning.models import features
+
+    names = list(features.METRIC_NAMES)
+    header = f'{"split":<6} {"":<14}' + ''.join(f' {n:>8}' for n in names) + f' {"loss":>8}'
+    lines = [header]
+    for split, result in report['splits'].items():
+        rows = [('model', result['metrics'])]
+        if result.get('most_frequent_caption'):
+            rows.append(('most frequent', result['most_frequent_caption']))
+        for label, metrics in rows:
+            loss = metrics.get('loss')
+            lines.append(
+                f'{split:<6} {label:<14}'
+                + ''.join(f' {metrics[n]:>8.4f}' for n in names)
+                + (f' {loss:>8.4f}' if loss is not None else f' {"-":>8}')
+            )
+    lines.append(
+        '(coco-caption toolkit, all references; most frequent: the most frequent training '
+        'caption for every image)'
+    )
+    return '\n'.join(lines)
+
+
+def format_tflite_table(candidates: List[Dict[str, Any]], shipped: Optional[str]) -> str:
+    """The TFLite variants' size, one-image latency and agreement; which one shipped."""
+    if not candidates:
+        return 'TFLite: no variant measured.'
+    images = candidates[0].get('images', 0)
+    lines = [
+        f'TFLite variants (caption agreement with the SavedModel on {images} eval images, '
+        'through the on-device image loading):'
+    ]
+    for c in candidates:
+        latency = '-' if c.get('latency_ms') is None else f'{c["latency_ms"]:.0f} ms'
+        mark = '  <- shipped' if c['variant'] == shipped else ''
+        lines.append(
+            f'  {c["variant"]:<8} {c["size_bytes"] / 1e6:>7.1f} MB {latency:>8} '
+            f'{c["agreement"]:>7.1%}{mark}'
+        )
+    return '\n'.join(lines)

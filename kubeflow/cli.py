@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                 flag, dest=field.name, action=argparse.BooleanOptionalAction, help=help_text
             )
         else:
-            parser.add_argument(flag, dest=field.name, help=help_text)
+            value_type = next((t for t in (int, float) if field.type in (t, Optional[t])), str)
+            parser.add_argument(flag, dest=field.name, type=value_type, help=help_text)
     return parser
 
 

@@ -1,28 +1,26 @@
 """What the Kubeflow runner needs to know, from a YAML/JSON file and/or flags.
 
-One frozen dataclass, `KubeflowConfig`, is the whole contract. Each field is at
-once a key of the config file (`kubeflow/config.example.yaml`), a command-line
-flag (`image` -> `--image`) and, when its metadata names a `pipeline_arg`, a
-keyword argument of `pipeline.pipeline.create_pipeline`. So when
-`create_pipeline` grows an argument, exposing it on Kubeflow is one field line
-here; scalar arguments can even be passed without a code change through the
-file's `pipeline_args` mapping.
+One frozen dataclass, `KubeflowConfig`, is the whole contract. Each field is a
+key of the config file (`kubeflow/config.example.yaml`); each scalar field is
+also a command-line flag (`image` -> `--image`). `pipeline_kwargs()` maps the
+fields onto `create_pipeline`'s typed arguments: the same `HParams`,
+`ExtractorParameters`, `EvaluatorParameters` (with its `GateConfig`) and
+`PusherParameters` that the local runner builds, so a setting means the same
+thing, with the same defaults and the same validation, on both orchestrators.
+The mappings `hparams`, `extractor` and `gate` are file-only.
 
-Nothing here imports TFX, so reading and checking a config is instant.
+Reading a config imports no TFX; checking it builds those objects (which
+imports TFX's component specs, a second or two).
 """
 
 import dataclasses
-import inspect
 import json
 import os
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
 from tfx_captioning.pipeline import configs
-
-PIPELINE_ARG = 'pipeline_arg'
-"""Field metadata key: the `create_pipeline` keyword argument the field feeds."""
 
 HELP = 'help'
 """Field metadata key: the one-line help of the field's flag and file key."""
@@ -39,11 +37,9 @@ DEFAULT_OUTPUT_FILE = os.path.join(
 PORTABLE_RUNNERS = frozenset({'PortableRunner', 'FlinkRunner', 'SparkRunner'})
 
 
-def _field(default: Any, help_text: str, pipeline_arg: Optional[str] = None) -> Any:
-    """A config field carrying its help text and, optionally, its create_pipeline argument."""
+def _field(default: Any, help_text: str) -> Any:
+    """A config field carrying its help text."""
     metadata = {HELP: help_text}
-    if pipeline_arg:
-        metadata[PIPELINE_ARG] = pipeline_arg
     if isinstance(default, (dict, list)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -53,9 +49,9 @@ def _field(default: Any, help_text: str, pipeline_arg: Optional[str] = None) -> 
 class KubeflowConfig:
     """Everything needed to compile the pipeline for Kubeflow Pipelines / Vertex AI.
 
-    Fields with a `pipeline_arg` go to `create_pipeline` under that name; the
-    others configure the compiler. A field left at None is not passed, so
-    `create_pipeline`'s own default applies.
+    The runner settings configure the compiler; the rest become
+    `create_pipeline`'s arguments (`pipeline_kwargs`). Mappings left empty and
+    values left at None keep the parameter objects' own defaults.
     """
 
     # --- Runner settings ---------------------------------------------------------
@@ -74,47 +70,59 @@ class KubeflowConfig:
         'false writes the older 2.0 schema',
     )
 
-    # --- Arguments of create_pipeline (one line each) ----------------------------
-    pipeline_name: str = _field(
-        configs.PIPELINE_NAME, 'pipeline name in ML Metadata and on KFP', 'pipeline_name'
-    )
+    # --- The pipeline ----------------------------------------------------------------
+    pipeline_name: str = _field(configs.PIPELINE_NAME, 'pipeline name in ML Metadata and on KFP')
     pipeline_root: str = _field(
-        '', 'root of every artifact, e.g. gs://BUCKET/tfx (the pods must reach it)', 'pipeline_root'
+        '', 'root of every artifact, e.g. gs://BUCKET/tfx (the pods must reach it)'
     )
-    data_root: str = _field('', 'the Flickr8k directory, e.g. gs://BUCKET/flickr8k', 'data_root')
+    data_root: str = _field('', 'the Flickr8k directory, e.g. gs://BUCKET/flickr8k')
     beam_pipeline_args: Tuple[str, ...] = _field(
         (),
         'Beam arguments of every Beam-based step (DataflowRunner, FlinkRunner, ...); '
         f'{IMAGE_PLACEHOLDER} and {PIPELINE_ROOT_PLACEHOLDER} are expanded',
-        'beam_pipeline_args',
     )
-    enable_cache: bool = _field(
-        True, 'reuse outputs of steps whose inputs did not change', 'enable_cache'
-    )
-    serving_root: Optional[str] = _field(
-        None,
-        'TF Serving model root: versions land in <serving_root>/<model name>/<version>',
-        'serving_root',
+    enable_cache: bool = _field(True, 'reuse outputs of steps whose inputs did not change')
+    train_steps: Optional[int] = _field(None, 'total training steps (default: hparams epochs)')
+    eval_steps: Optional[int] = _field(None, 'eval steps per epoch (default: the whole split)')
+
+    # --- PusherParameters ----------------------------------------------------------
+    serving_root: str = _field(
+        '', 'TF Serving model root: versions land in <serving_root>/<model name>/<version>'
     )
     tflite_root: Optional[str] = _field(
-        None, 'TFLite root: <tflite_root>/<model name>/<version>/model.tflite', 'tflite_root'
+        None, 'TFLite root: <tflite_root>/<model name>/<version>/model.tflite'
+    )
+    model_name: Optional[str] = _field(None, 'the name TF Serving serves the model under')
+    min_tflite_agreement: Optional[float] = _field(
+        None, 'share of eval images a TFLite variant must caption as the SavedModel to ship'
     )
 
-    # --- Escape hatch --------------------------------------------------------------
-    pipeline_args: Dict[str, Any] = _field(
-        {},
-        'further create_pipeline keyword arguments, verbatim (file only; scalars such as '
-        'train steps)',
+    # --- Parameter objects as mappings (file only) ------------------------------------
+    hparams: Dict[str, Any] = _field(
+        {}, 'HParams fields (models/hparams.py), e.g. {epochs: 20, min_word_count: 5}'
+    )
+    extractor: Dict[str, Any] = _field(
+        {}, 'ExtractorParameters fields, e.g. {weights: gs://BUCKET/inception_v3_notop.h5}'
+    )
+    gate: Dict[str, Any] = _field(
+        {}, 'GateConfig fields (the blessing gate), e.g. {min_metrics: {BLEU-4: 0.15}}'
     )
 
-    def validate(self, create_pipeline: Optional[Callable[..., Any]] = None) -> None:
-        """Checks the config; with `create_pipeline`, also that it takes every argument.
+    def validate(self) -> None:
+        """Checks the config, building every parameter object it maps onto.
 
         Raises:
           ValueError: naming every problem found, not only the first.
         """
         problems = []
-        for name in ('image', 'pipeline_root', 'data_root', 'output_file', 'pipeline_name'):
+        for name in (
+            'image',
+            'pipeline_root',
+            'data_root',
+            'output_file',
+            'pipeline_name',
+            'serving_root',
+        ):
             if not getattr(self, name):
                 problems.append(f'{name} is required (flag --{_flag(name)} or key {name!r}).')
         if self.output_file and not self.output_file.endswith(('.json', '.yaml', '.yml')):
@@ -125,17 +133,52 @@ class KubeflowConfig:
             problems.append('beam_pipeline_args must be a list of strings, not one string.')
         else:
             problems.extend(check_beam_args(self.beam_pipeline_args))
-        clashes = sorted(set(self.pipeline_args) & set(_pipeline_arg_fields().values()))
-        if clashes:
-            problems.append(
-                f'pipeline_args repeats {clashes}: set them with their own keys instead.'
-            )
-        if 'metadata_connection_config' in self.pipeline_args:
-            problems.append('metadata_connection_config: KFP and Vertex supply their own store.')
-        if create_pipeline is not None:
-            problems.extend(_check_signature(self, create_pipeline))
+        for name in ('train_steps', 'eval_steps'):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                problems.append(f'{name} must be an integer >= 1, got {value!r}.')
+        if self.serving_root:
+            try:
+                self.parameter_objects()
+            except (TypeError, ValueError) as e:
+                problems.append(str(e))
         if problems:
             raise ValueError('Invalid Kubeflow config:\n  - ' + '\n  - '.join(problems))
+
+    def parameter_objects(self) -> Dict[str, Any]:
+        """`create_pipeline`'s parameter objects, built (and validated) from the config.
+
+        Raises:
+          ValueError: an unknown key or invalid value in a mapping.
+          TypeError: a mapping key that the object has no field for.
+        """
+        from tfx_captioning.components.caption_evaluator import gate as gate_lib
+        from tfx_captioning.components.caption_evaluator.spec import EvaluatorParameters
+        from tfx_captioning.components.caption_pusher.spec import PusherParameters
+        from tfx_captioning.components.image_feature_extractor.spec import ExtractorParameters
+        from tfx_captioning.models.hparams import HParams
+
+        pusher = {
+            'serving_root': self.serving_root,
+            'tflite_root': self.tflite_root,
+            'model_name': self.model_name,
+            'min_tflite_agreement': self.min_tflite_agreement,
+        }
+        unknown = sorted(
+            set(self.extractor) - {f.name for f in dataclasses.fields(ExtractorParameters)}
+        )
+        if unknown:
+            raise ValueError(f'extractor has unknown keys {unknown}.')
+        return {
+            'pusher': PusherParameters(
+                **{k: v for k, v in pusher.items() if v is not None}
+            ).validate(),
+            'hparams': HParams.from_custom_config(self.hparams),
+            'extractor': ExtractorParameters(**self.extractor).validate(),
+            'evaluator': EvaluatorParameters(
+                gate=gate_lib.GateConfig.from_dict(self.gate)
+            ).validate(),
+        }
 
     def resolved_beam_args(self) -> List[str]:
         """The Beam args with `{image}` and `{pipeline_root}` replaced."""
@@ -146,66 +189,25 @@ class KubeflowConfig:
         ]
 
     def pipeline_kwargs(self) -> Dict[str, Any]:
-        """The keyword arguments for `create_pipeline`; unset (None) fields are left out.
+        """The keyword arguments for `create_pipeline`.
 
         No `metadata_connection_config`: on Kubeflow the platform supplies the
         ML Metadata store.
         """
-        kwargs = dict(self.pipeline_args)
-        for field_name, arg_name in _pipeline_arg_fields().items():
-            value = getattr(self, field_name)
-            if value is None:
-                continue
-            if field_name == 'beam_pipeline_args':
-                value = self.resolved_beam_args()
-            kwargs[arg_name] = value
-        return kwargs
+        return {
+            'pipeline_name': self.pipeline_name,
+            'pipeline_root': self.pipeline_root,
+            'data_root': self.data_root,
+            'beam_pipeline_args': self.resolved_beam_args(),
+            'enable_cache': self.enable_cache,
+            'train_steps': self.train_steps,
+            'eval_steps': self.eval_steps,
+            **self.parameter_objects(),
+        }
 
 
 def _flag(field_name: str) -> str:
     return field_name.replace('_', '-')
-
-
-def _pipeline_arg_fields() -> Dict[str, str]:
-    """Field name -> create_pipeline argument name, for the fields that have one."""
-    return {
-        f.name: f.metadata[PIPELINE_ARG]
-        for f in dataclasses.fields(KubeflowConfig)
-        if PIPELINE_ARG in f.metadata
-    }
-
-
-def _check_signature(config: KubeflowConfig, create_pipeline: Callable[..., Any]) -> List[str]:
-    """Names config values `create_pipeline` cannot take, and arguments it needs but lacks.
-
-    A configured value that the pipeline cannot take (say a serving root
-    before the pipeline has a Pusher) is an error, never silently dropped.
-    """
-    parameters = inspect.signature(create_pipeline).parameters
-    kwargs = config.pipeline_kwargs()
-    fields = {arg: name for name, arg in _pipeline_arg_fields().items()}
-    problems = [
-        f'create_pipeline requires {name!r}: set '
-        + (
-            f'{fields[name]!r} (flag --{_flag(fields[name])})'
-            if name in fields
-            else 'it in pipeline_args'
-        )
-        + '.'
-        for name, parameter in parameters.items()
-        if parameter.default is inspect.Parameter.empty
-        and parameter.kind
-        in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        and name not in kwargs
-    ]
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        problems += [
-            f'create_pipeline has no argument {name!r} (configured here as {value!r}); '
-            'remove it from the config or add the argument to create_pipeline.'
-            for name, value in kwargs.items()
-            if name not in parameters
-        ]
-    return problems
 
 
 def check_beam_args(beam_args: Tuple[str, ...]) -> List[str]:
@@ -291,6 +293,9 @@ def make_config(
     return KubeflowConfig(**values)
 
 
+FILE_ONLY = ('hparams', 'extractor', 'gate')
+
+
 def flag_fields() -> List[dataclasses.Field]:
-    """The fields that have a command-line flag (all but the file-only mapping)."""
-    return [f for f in dataclasses.fields(KubeflowConfig) if f.name != 'pipeline_args']
+    """The fields that have a command-line flag (all but the file-only mappings)."""
+    return [f for f in dataclasses.fields(KubeflowConfig) if f.name not in FILE_ONLY]

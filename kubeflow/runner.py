@@ -27,7 +27,7 @@ def build_pipeline(config: KubeflowConfig) -> tfx.dsl.Pipeline:
       ValueError: the config is invalid or names an argument that
         `create_pipeline` does not take.
     """
-    config.validate(create_pipeline)
+    config.validate()
     return create_pipeline(**config.pipeline_kwargs())
 
 

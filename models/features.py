@@ -112,13 +112,19 @@ WARMUP_REQUESTS_DIR = 'assets.extra'
 WARMUP_REQUESTS_FILE = 'tf_serving_warmup_requests'
 """TFRecord of `PredictionLog`s, in `WARMUP_REQUESTS_DIR`, replayed when a version is loaded."""
 
+# --- Evaluation ------------------------------------------------------------------------
+METRIC_NAMES = ('BLEU-1', 'BLEU-2', 'BLEU-3', 'BLEU-4', 'METEOR', 'ROUGE-L', 'CIDEr-D')
+"""The coco-caption toolkit's metrics, named as captioning papers report them."""
+
 # --- Model artifact layout, evaluation and push ---------------------------------------
 TFLITE_MODEL_DIR = 'Format-TFLite'
 """Folder of the Trainer's Model artifact holding model.tflite and vocab.txt."""
 BLESSING_REASON_PROPERTY = 'blessing_reason'
 """string custom property of ModelBlessing: why the model was (not) blessed."""
-TFLITE_AGREEMENT_PROPERTY = 'tflite_agreement'
-"""float custom property of ModelBlessing: share of eval images captioned identically."""
+TFLITE_CANDIDATES_PROPERTY = 'tflite_candidates'
+"""JSON string custom property of ModelBlessing: per TFLite variant, its 'variant',
+'size_bytes', 'latency_ms' (one image) and 'agreement' (share of eval images
+captioned exactly as the SavedModel does)."""
 LOSS_SIGNATURE = 'caption_loss'
 """Evaluation signature: NORMALIZED_FEATURES_KEY float32[None, FEATURE_SIZE] and
 CAPTION_IDS_KEY int64[None, max_len + 1] (as Transform writes them, one caption

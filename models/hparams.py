@@ -7,11 +7,11 @@ so changing, say, the number of epochs keeps Transform's cached outputs.
 """
 
 import dataclasses
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Tuple
 
 from tfx_captioning.models import features
 
-TFLITE_QUANTIZATIONS = ('dynamic', 'float16', 'float32', 'none')
+TFLITE_QUANTIZATIONS = ('auto', 'dynamic', 'float16', 'float32', 'none')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +34,11 @@ class HParams:
         in the training captions; rarer words become `<unk>`.
       shuffle_buffer: (image, caption) pairs in the training shuffle buffer.
       seed: seed of weight initialisation and shuffling.
-      tflite_quantization: the TFLite variant's weights: 'dynamic' (int8
-        weights, default), 'float16', 'float32', or 'none' to skip it.
+      tflite_quantization: the TFLite variants the Trainer converts: 'auto'
+        (default: dynamic-range, float16 and float32, of which the Pusher
+        ships the smallest that agrees with the SavedModel), one of
+        'dynamic', 'float16', 'float32' (only that one, still gated), or
+        'none' to skip TFLite.
     """
 
     embedding_dim: int = 256
@@ -49,7 +52,7 @@ class HParams:
     min_word_count: int = features.MIN_WORD_COUNT
     shuffle_buffer: int = 10_000
     seed: int = 0
-    tflite_quantization: str = 'dynamic'
+    tflite_quantization: str = 'auto'
 
     def validate(self) -> 'HParams':
         """Checks every field; returns self so calls can chain.
@@ -100,6 +103,15 @@ class HParams:
                 raise ValueError(f'{name} must be an integer, got {value!r}.')
             values[name] = field_type(value)
         return cls(**values).validate()
+
+    @property
+    def tflite_variants(self) -> Tuple[str, ...]:
+        """The TFLite quantisations to convert, smallest file first."""
+        if self.tflite_quantization == 'auto':
+            return ('dynamic', 'float16', 'float32')
+        if self.tflite_quantization == 'none':
+            return ()
+        return (self.tflite_quantization,)
 
     def to_custom_config(self) -> Dict[str, Any]:
         """Every field, for the Trainer's ``custom_config``."""

@@ -266,13 +266,18 @@ def run_fn(fn_args) -> None:
         tft_output=tft_output,
         max_len=max_len,
     )
-    if hparams.tflite_quantization != 'none':
-        # The phone variant of the same weights, beside Format-Serving in the
-        # Model artifact; the evaluator checks its parity, the Pusher publishes it.
-        tflite_dir = os.path.join(
-            os.path.dirname(fn_args.serving_model_dir.rstrip('/')), features.TFLITE_MODEL_DIR
-        )
+    # The phone variants of the same weights, beside Format-Serving in the Model
+    # artifact (Format-TFLite/<quantization>/): the evaluator measures each
+    # one's size, latency and caption agreement; the Pusher ships the smallest
+    # that agrees.
+    tflite_root = os.path.join(
+        os.path.dirname(fn_args.serving_model_dir.rstrip('/')), features.TFLITE_MODEL_DIR
+    )
+    for quantization in hparams.tflite_variants:
         path = tflite_export.write_tflite(
-            caption_model, caption_model.words, tflite_dir, hparams.tflite_quantization
+            caption_model,
+            caption_model.words,
+            os.path.join(tflite_root, quantization),
+            quantization,
         )
-        logging.info('Wrote the TFLite variant (%s) to %s.', hparams.tflite_quantization, path)
+        logging.info('Wrote the %s TFLite variant to %s.', quantization, path)

@@ -4,11 +4,13 @@ Thin by design: resolve paths, the metadata store and Beam arguments, then
 hand `create_pipeline(...)` to TFX's `LocalDagRunner`.
 """
 
+import dataclasses
 import os
-from typing import Any
+from typing import Any, Optional
 
 from tfx import v1 as tfx
 
+from tfx_captioning.components.caption_pusher.spec import PusherParameters
 from tfx_captioning.pipeline import configs
 from tfx_captioning.pipeline.pipeline import create_pipeline
 
@@ -18,6 +20,7 @@ def run(
     output_root: str = configs.DEFAULT_OUTPUT_ROOT,
     beam_workers: int = 1,
     enable_cache: bool = True,
+    min_tflite_agreement: Optional[float] = None,
     **pipeline_args: Any,
 ) -> configs.LocalPaths:
     """Runs the whole pipeline on `data_root`; returns where it wrote things.
@@ -27,18 +30,34 @@ def run(
       output_root: artifacts, metadata, pushed models and reports go under it.
       beam_workers: DirectRunner processes (see `configs.beam_args_for_local`).
       enable_cache: reuse unchanged components' outputs.
-      **pipeline_args: further `create_pipeline` arguments (encoder_weights,
-        hparams, train_steps, min_bleu_4, ...).
+      min_tflite_agreement: the Pusher's TFLite threshold; None keeps
+        `PusherParameters`' default.
+      **pipeline_args: further `create_pipeline` arguments (hparams,
+        extractor, evaluator, train_steps, ...).
     """
     paths = configs.LocalPaths(os.path.abspath(output_root))
     os.makedirs(os.path.dirname(paths.metadata_path), exist_ok=True)
+    pusher = PusherParameters(
+        serving_root=paths.serving_root,
+        tflite_root=paths.tflite_root,
+        model_name=configs.MODEL_NAME,
+    )
+    if min_tflite_agreement is not None:
+        pusher = dataclasses.replace(pusher, min_tflite_agreement=min_tflite_agreement)
     pipeline = create_pipeline(
         pipeline_name=configs.PIPELINE_NAME,
         pipeline_root=paths.pipeline_root,
         data_root=os.path.abspath(data_root),
-        serving_root=paths.serving_root,
-        tflite_root=paths.tflite_root,
-        model_name=configs.MODEL_NAME,
+        pusher=PusherParameters(
+            serving_root=paths.serving_root,
+            tflite_root=paths.tflite_root,
+            model_name=configs.MODEL_NAME,
+            **(
+                {}
+                if min_tflite_agreement is None
+                else {'min_tflite_agreement': min_tflite_agreement}
+            ),
+        ),
         beam_pipeline_args=configs.beam_args_for_local(beam_workers),
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             paths.metadata_path

@@ -16,18 +16,19 @@ the local runner and the Kubeflow runner both call it.
                                               Pusher ─► TF Serving layout + TFLite
 """
 
-import os
-from typing import Any, List, Mapping, Optional
+from typing import List, Optional
 
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
-from tfx_captioning.components.caption_evaluator import gate
 from tfx_captioning.components.caption_evaluator.component import CaptionEvaluator
+from tfx_captioning.components.caption_evaluator.spec import EvaluatorParameters
 from tfx_captioning.components.caption_pusher.component import make_pusher
+from tfx_captioning.components.caption_pusher.spec import PusherParameters
 from tfx_captioning.components.flickr8k_example_gen.component import Flickr8kExampleGen
 from tfx_captioning.components.image_feature_extractor import spec as extractor_spec
 from tfx_captioning.components.image_feature_extractor.component import ImageFeatureExtractor
+from tfx_captioning.models import features
 from tfx_captioning.models.hparams import HParams
 
 PREPROCESSING_FN = 'tfx_captioning.models.preprocessing.preprocessing_fn'
@@ -38,18 +39,12 @@ def create_pipeline(
     pipeline_name: str,
     pipeline_root: str,
     data_root: str,
-    serving_root: str,
-    tflite_root: Optional[str] = None,
-    model_name: str = 'captioner',
-    encoder_weights: str = 'imagenet',
-    hparams: Optional[Mapping[str, Any]] = None,
+    pusher: PusherParameters,
+    hparams: Optional[HParams] = None,
+    extractor: Optional[extractor_spec.ExtractorParameters] = None,
+    evaluator: Optional[EvaluatorParameters] = None,
     train_steps: Optional[int] = None,
     eval_steps: Optional[int] = None,
-    min_bleu_4: float = 0.0,
-    max_loss: float = 50.0,
-    max_bleu_4_drop: float = 0.01,
-    max_loss_increase: float = 0.05,
-    min_tflite_agreement: float = 0.95,
     beam_pipeline_args: Optional[List[str]] = None,
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     enable_cache: bool = True,
@@ -60,21 +55,14 @@ def create_pipeline(
       pipeline_name: name of the pipeline in ML Metadata and on Kubeflow.
       pipeline_root: directory (local or gs://) for every artifact.
       data_root: a directory in the Flickr8k layout (real data or the sample).
-      serving_root: TF Serving root; versions go to `<serving_root>/<model_name>/<n>/`.
-      tflite_root: TFLite root (`<tflite_root>/<model_name>/<n>/`); None skips it.
-      model_name: the name TF Serving serves the model under.
-      encoder_weights: InceptionV3 weights: 'imagenet', 'random' (offline
-        demos and tests) or the path of a weights file.
-      hparams: `models.hparams.HParams` fields for Transform and Trainer
-        (e.g. {'min_word_count': 1, 'epochs': 20}); defaults otherwise.
-      train_steps: total training steps; None trains `epochs` passes.
+      pusher: where versions are published (TF Serving and TFLite roots,
+        model name) and the TFLite agreement threshold.
+      hparams: Transform and Trainer hyperparameters; `HParams()` by default.
+      extractor: the feature extractor's parameters (InceptionV3 weights,
+        batch size, ...); `ExtractorParameters()` (ImageNet weights) by default.
+      evaluator: the blessing gate and evaluation sizes; defaults otherwise.
+      train_steps: total training steps; None trains `hparams.epochs` passes.
       eval_steps: eval steps per epoch; None uses the whole eval split.
-      min_bleu_4: the lowest eval BLEU-4 a model may be blessed with.
-      max_loss: the highest masked eval loss a model may be blessed with.
-      max_bleu_4_drop: tolerated BLEU-4 drop against the latest blessed model.
-      max_loss_increase: tolerated loss increase against the latest blessed model.
-      min_tflite_agreement: lowest TFLite/SavedModel caption agreement on eval
-        images at which the TFLite file is published.
       beam_pipeline_args: arguments for every Beam-based component.
       metadata_connection_config: the ML Metadata store; None on Kubeflow,
         which supplies its own.
@@ -84,15 +72,17 @@ def create_pipeline(
       The pipeline.
 
     Raises:
-      ValueError: an invalid hyperparameter or threshold.
+      ValueError: an invalid parameter object or step count.
     """
-    model_hparams = HParams.from_custom_config(dict(hparams or {}))
-    thresholds = gate.Thresholds(
-        min_bleu_4=min_bleu_4,
-        max_loss=max_loss,
-        max_bleu_4_drop=max_bleu_4_drop,
-        max_loss_increase=max_loss_increase,
-    ).validate()
+    hparams = (hparams or HParams()).validate()
+    extractor = (extractor or extractor_spec.ExtractorParameters()).validate()
+    evaluator = (evaluator or EvaluatorParameters()).validate()
+    pusher = pusher.validate()
+    for name, steps in (('train_steps', train_steps), ('eval_steps', eval_steps)):
+        if steps is not None and (
+            isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
+        ):
+            raise ValueError(f'{name} must be an int >= 1 or None, got {steps!r}.')
 
     example_gen = Flickr8kExampleGen(input_base=data_root)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs['examples'])
@@ -105,10 +95,10 @@ def create_pipeline(
 
     # Depends on the ExampleGen only: vocabulary or model changes never
     # recompute InceptionV3 features (TFX's cache keeps them).
-    extractor = ImageFeatureExtractor(
-        examples=example_gen.outputs['examples'], weights=encoder_weights
+    feature_extractor = ImageFeatureExtractor(
+        examples=example_gen.outputs['examples'], parameters=extractor
     )
-    feature_examples = extractor.outputs[extractor_spec.FEATURE_EXAMPLES_KEY]
+    feature_examples = feature_extractor.outputs[extractor_spec.FEATURE_EXAMPLES_KEY]
     # Transform reads the extractor's examples, so it needs their own schema.
     feature_statistics_gen = tfx.components.StatisticsGen(examples=feature_examples).with_id(
         'FeatureStatisticsGen'
@@ -121,55 +111,52 @@ def create_pipeline(
         schema=feature_schema_gen.outputs['schema'],
         preprocessing_fn=PREPROCESSING_FN,
         # Only the fields Transform uses: a training-only change keeps its cache.
-        custom_config=model_hparams.transform_config(),
+        custom_config=hparams.transform_config(),
         splits_config=tfx.proto.SplitsConfig(
-            analyze=['train'], transform=['train', 'eval', 'test']
+            analyze=[features.TRAIN_SPLIT], transform=list(features.SPLITS)
         ),
     )
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs['transformed_examples'],
         transform_graph=transform.outputs['transform_graph'],
-        base_model=extractor.outputs[extractor_spec.ENCODER_KEY],
-        train_args=tfx.proto.TrainArgs(splits=['train'], num_steps=train_steps),
-        eval_args=tfx.proto.EvalArgs(splits=['eval'], num_steps=eval_steps),
-        custom_config=model_hparams.to_custom_config(),
+        base_model=feature_extractor.outputs[extractor_spec.ENCODER_KEY],
+        train_args=tfx.proto.TrainArgs(splits=[features.TRAIN_SPLIT], num_steps=train_steps),
+        eval_args=tfx.proto.EvalArgs(splits=[features.EVAL_SPLIT], num_steps=eval_steps),
+        custom_config=hparams.to_custom_config(),
     )
     latest_blessed = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id('latest_blessed_model_resolver')
-    evaluator = CaptionEvaluator(
+    caption_evaluator = CaptionEvaluator(
         examples=feature_examples,
         transformed_examples=transform.outputs['transformed_examples'],
         transform_graph=transform.outputs['transform_graph'],
         model=trainer.outputs['model'],
         baseline_model=latest_blessed.outputs['model'],
-        raw_examples=example_gen.outputs['examples'] if tflite_root else None,
-        thresholds=thresholds,
+        raw_examples=example_gen.outputs['examples'] if pusher.tflite_root else None,
+        parameters=evaluator,
     )
-    pusher = make_pusher(
+    caption_pusher = make_pusher(
         model=trainer.outputs['model'],
-        model_blessing=evaluator.outputs['blessing'],
-        serving_base_directory=os.path.join(serving_root, model_name),
-        model_name=model_name,
-        tflite_base_directory=os.path.join(tflite_root, model_name) if tflite_root else None,
-        min_tflite_agreement=min_tflite_agreement,
+        model_blessing=caption_evaluator.outputs['blessing'],
+        parameters=pusher,
     )
     components = [
         example_gen,
         statistics_gen,
         schema_gen,
         example_validator,
-        extractor,
+        feature_extractor,
         feature_statistics_gen,
         feature_schema_gen,
         transform,
         trainer,
         latest_blessed,
-        evaluator,
-        pusher,
+        caption_evaluator,
+        caption_pusher,
     ]
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,

@@ -180,3 +180,62 @@ def tiny_encoder(seed: int = 0) -> keras.Model:
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dense(features.FEATURE_SIZE, activation='relu')(x)
     return keras.Model(image, x, name='tiny_encoder')
+
+
+def artifact(artifact_type, uri: str, splits: Optional[Sequence[str]] = None):
+    """A TFX artifact of `artifact_type` at `uri`, with split names for Examples."""
+    from tfx.types import artifact_utils
+
+    result = artifact_type()
+    result.uri = uri
+    if splits:
+        result.split_names = artifact_utils.encode_split_names(list(splits))
+    return result
+
+
+def train_model(transformed, transform_graph, hparams, root: str, num_steps: int):
+    """Trains with TFX's Trainer GenericExecutor and our `run_fn`; returns (model, model_run, encoder).
+
+    The encoder (the Trainer's ``base_model``) is a random-weight InceptionV3,
+    as the offline pipeline uses.
+    """
+    import json
+
+    from tfx.components.trainer import executor as trainer_executor
+    from tfx.proto import trainer_pb2
+    from tfx.types import standard_artifacts, standard_component_specs
+    from tfx.utils import proto_utils
+
+    from tfx_captioning.models import encoder
+
+    base_model = artifact(standard_artifacts.Model, os.path.join(root, 'encoder'))
+    encoder.save_encoder(
+        encoder.build_inception_encoder(encoder.WEIGHTS_RANDOM, seed=0),
+        base_model.uri,
+        weights=encoder.WEIGHTS_RANDOM,
+        seed=0,
+    )
+    model = artifact(standard_artifacts.Model, os.path.join(root, 'model'))
+    model_run = artifact(standard_artifacts.ModelRun, os.path.join(root, 'model_run'))
+    trainer_executor.GenericExecutor().Do(
+        {
+            standard_component_specs.EXAMPLES_KEY: [transformed],
+            standard_component_specs.TRANSFORM_GRAPH_KEY: [transform_graph],
+            standard_component_specs.BASE_MODEL_KEY: [base_model],
+        },
+        {
+            standard_component_specs.MODEL_KEY: [model],
+            standard_component_specs.MODEL_RUN_KEY: [model_run],
+        },
+        {
+            standard_component_specs.RUN_FN_KEY: 'tfx_captioning.models.trainer.run_fn',
+            standard_component_specs.TRAIN_ARGS_KEY: proto_utils.proto_to_json(
+                trainer_pb2.TrainArgs(num_steps=num_steps)
+            ),
+            standard_component_specs.EVAL_ARGS_KEY: proto_utils.proto_to_json(
+                trainer_pb2.EvalArgs(num_steps=3)
+            ),
+            standard_component_specs.CUSTOM_CONFIG_KEY: json.dumps(hparams.to_custom_config()),
+        },
+    )
+    return model, model_run, base_model

@@ -90,6 +90,7 @@ def caption_hparams():
         min_word_count=1,
         learning_rate=3e-3,
         shuffle_buffer=256,
+        tflite_quantization='none',  # the TFLite tests convert their own
     )
 
 

@@ -166,7 +166,7 @@ def run_extractor(
     encoder_artifact.uri = os.path.join(output_dir, 'encoder')
     exec_properties = spec.ExtractorParameters(
         **{'weights': 'random', 'seed': 0, **parameters}
-    ).as_exec_properties()
+    ).to_exec_properties()
     context = base_beam_executor.BaseBeamExecutor.Context(
         beam_pipeline_args=list(beam_pipeline_args)
     )

@@ -6,11 +6,11 @@ import os
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
-from tfx.proto import pusher_pb2
 from tfx.types import standard_artifacts, standard_component_specs
 from tfx.utils import proto_utils
 
 from tfx_captioning.components.caption_pusher import component, executor, publish
+from tfx_captioning.components.caption_pusher.spec import PusherParameters
 from tfx_captioning.models import features
 
 
@@ -20,9 +20,13 @@ class _Echo(tf.Module):
         return {features.CAPTION_OUTPUT: tf.strings.as_string(tf.strings.length(image_bytes))}
 
 
+VARIANT_SIZES = {'dynamic': 10, 'float16': 20, 'float32': 40}
+"""Fake flatbuffer sizes of the three variants the Trainer writes (smallest first)."""
+
+
 @pytest.fixture
 def model(tmp_path):
-    """A Model artifact with a real SavedModel and a TFLite folder."""
+    """A Model artifact with a real SavedModel and three TFLite variant folders."""
     artifact = standard_artifacts.Model()
     artifact.uri = str(tmp_path / 'model')
     module = _Echo()
@@ -31,44 +35,51 @@ def model(tmp_path):
         os.path.join(artifact.uri, 'Format-Serving'),
         signatures={features.SERVING_SIGNATURE: module.serve},
     )
-    tflite = tmp_path / 'model' / features.TFLITE_MODEL_DIR
-    tflite.mkdir()
-    (tflite / publish.TFLITE_FILE).write_bytes(b'TFL3 fake flatbuffer for copy tests')
-    (tflite / 'vocab.txt').write_text('<pad>\n<unk>\n')
+    for variant, size in VARIANT_SIZES.items():
+        folder = tmp_path / 'model' / features.TFLITE_MODEL_DIR / variant
+        folder.mkdir(parents=True)
+        (folder / publish.TFLITE_FILE).write_bytes(variant.encode().ljust(size, b'.'))
+        (folder / 'vocab.txt').write_text('<pad>\n<unk>\n')
     return artifact
 
 
 def blessing(tmp_path, blessed: bool, agreement=None):
+    """A ModelBlessing; `agreement` is one rate for every variant or {variant: rate}."""
     artifact = standard_artifacts.ModelBlessing()
-    artifact.uri = str(tmp_path / f'blessing-{blessed}-{agreement}')
+    artifact.uri = str(tmp_path / f'blessing-{blessed}-{len(os.listdir(tmp_path))}')
     os.makedirs(artifact.uri, exist_ok=True)
     artifact.set_int_custom_property('blessed', int(blessed))
     artifact.set_string_custom_property(
-        features.BLESSING_REASON_PROPERTY, 'bleu_4 0.01 < 0.10' if not blessed else 'ok'
+        features.BLESSING_REASON_PROPERTY,
+        'CIDEr-D 0.01 does not beat the baseline' if not blessed else 'ok',
     )
     if agreement is not None:
-        artifact.set_float_custom_property(features.TFLITE_AGREEMENT_PROPERTY, agreement)
+        rates = (
+            agreement if isinstance(agreement, dict) else dict.fromkeys(VARIANT_SIZES, agreement)
+        )
+        candidates = [
+            {'variant': v, 'size_bytes': VARIANT_SIZES[v], 'latency_ms': 1.0, 'agreement': r}
+            for v, r in rates.items()
+        ]
+        artifact.set_string_custom_property(
+            features.TFLITE_CANDIDATES_PROPERTY, json.dumps(candidates)
+        )
     return artifact
 
 
 def push(tmp_path, model, model_blessing, min_agreement=0.95):
     pushed = standard_artifacts.PushedModel()
     pushed.uri = str(tmp_path / f'pushed-{len(os.listdir(tmp_path))}')
+    args = PusherParameters(
+        serving_root=str(tmp_path / 'serving'),
+        tflite_root=str(tmp_path / 'tflite'),
+        min_tflite_agreement=min_agreement,
+    ).to_component_args()
     exec_properties = {
         standard_component_specs.PUSH_DESTINATION_KEY: proto_utils.proto_to_json(
-            pusher_pb2.PushDestination(
-                filesystem=pusher_pb2.PushDestination.Filesystem(
-                    base_directory=str(tmp_path / 'serving' / 'captioner')
-                )
-            )
+            args['push_destination']
         ),
-        'custom_config': json.dumps(
-            {
-                executor.MODEL_NAME_KEY: 'captioner',
-                executor.TFLITE_BASE_DIRECTORY_KEY: str(tmp_path / 'tflite' / 'captioner'),
-                executor.MIN_TFLITE_AGREEMENT_KEY: min_agreement,
-            }
-        ),
+        'custom_config': json.dumps(args['custom_config']),
     }
     executor.Executor().Do(
         {
@@ -79,6 +90,10 @@ def push(tmp_path, model, model_blessing, min_agreement=0.95):
         exec_properties,
     )
     return pushed
+
+
+def _published_tflite(tmp_path, version: str) -> bytes:
+    return (tmp_path / 'tflite' / 'captioner' / version / publish.TFLITE_FILE).read_bytes()
 
 
 def test_blessed_model_is_pushed_complete_with_warmup(tmp_path, model):
@@ -102,12 +117,55 @@ def test_blessed_model_is_pushed_complete_with_warmup(tmp_path, model):
     tflite = tmp_path / 'tflite' / 'captioner' / version
     assert sorted(os.listdir(tflite)) == [publish.TFLITE_FILE, 'vocab.txt']
     assert pushed.get_int_custom_property(executor.TFLITE_PUSHED_KEY) == 1
+    # Every variant agrees: the smallest ships.
+    assert _published_tflite(tmp_path, version).startswith(b'dynamic')
+    assert pushed.get_string_custom_property(executor.TFLITE_VARIANT_KEY) == 'dynamic'
+
+
+@pytest.mark.parametrize(
+    'rates, shipped',
+    [
+        ({'dynamic': 0.0, 'float16': 0.97, 'float32': 1.0}, 'float16'),
+        ({'dynamic': 0.5, 'float16': 0.9, 'float32': 1.0}, 'float32'),
+        ({'dynamic': 0.95, 'float16': 1.0, 'float32': 1.0}, 'dynamic'),
+    ],
+)
+def test_the_smallest_variant_that_agrees_ships(tmp_path, model, rates, shipped):
+    pushed = push(tmp_path, model, blessing(tmp_path, True, agreement=rates))
+    version = pushed.get_string_custom_property('pushed_version')
+    assert _published_tflite(tmp_path, version).startswith(shipped.encode())
+    assert pushed.get_string_custom_property(executor.TFLITE_VARIANT_KEY) == shipped
+    assert shipped in pushed.get_string_custom_property(executor.TFLITE_CHOICE_KEY)
+
+
+def test_no_variant_ships_when_none_agrees_but_the_saved_model_does(tmp_path, model):
+    rates = {'dynamic': 0.0, 'float16': 0.5, 'float32': 0.9}
+    pushed = push(tmp_path, model, blessing(tmp_path, True, agreement=rates))
+    assert pushed.get_int_custom_property('pushed') == 1
+    assert pushed.get_int_custom_property(executor.TFLITE_PUSHED_KEY) == 0
+    assert not (tmp_path / 'tflite').exists()
+    why = pushed.get_string_custom_property(executor.TFLITE_CHOICE_KEY)
+    assert 'no TFLite variant agrees' in why and 'float32 90.0%' in why
+
+
+def test_choose_tflite_is_a_pure_choice():
+    candidates = [
+        {'variant': 'float32', 'size_bytes': 40, 'agreement': 1.0},
+        {'variant': 'dynamic', 'size_bytes': 10, 'agreement': 0.2},
+        {'variant': 'float16', 'size_bytes': 20, 'agreement': 0.96},
+    ]
+    assert executor.choose_tflite(candidates, 0.95)[0]['variant'] == 'float16'
+    assert executor.choose_tflite(candidates, 0.1)[0]['variant'] == 'dynamic'
+    assert executor.choose_tflite(candidates, 1.0)[0]['variant'] == 'float32'
+    chosen, why = executor.choose_tflite(candidates, 1.01)
+    assert chosen is None and 'no TFLite variant' in why
+    assert executor.choose_tflite([], 0.5)[0] is None
 
 
 def test_unblessed_model_is_never_pushed(tmp_path, model):
     pushed = push(tmp_path, model, blessing(tmp_path, False, agreement=1.0))
     assert pushed.get_int_custom_property('pushed') == 0
-    assert 'bleu_4' in pushed.get_string_custom_property(executor.NOT_PUSHED_REASON_KEY)
+    assert 'CIDEr-D' in pushed.get_string_custom_property(executor.NOT_PUSHED_REASON_KEY)
     assert not (tmp_path / 'serving').exists()
     assert not (tmp_path / 'tflite').exists()
 
@@ -166,9 +224,24 @@ def test_component_validates_arguments():
 
     model = channel_utils.as_channel([standard_artifacts.Model()])
     bless = channel_utils.as_channel([standard_artifacts.ModelBlessing()])
-    pusher = component.make_pusher(model, bless, '/srv/captioner', 'captioner', '/tfl/captioner')
+    parameters = PusherParameters(serving_root='/srv', tflite_root='/tfl')
+    pusher = component.make_pusher(model, bless, parameters)
     assert pusher.outputs['pushed_model'].type_name == 'PushedModel'
+    custom_config = pusher.exec_properties['custom_config']
+    read_back = PusherParameters.from_exec_properties(
+        {
+            standard_component_specs.PUSH_DESTINATION_KEY: pusher.exec_properties[
+                standard_component_specs.PUSH_DESTINATION_KEY
+            ],
+            'custom_config': custom_config
+            if isinstance(custom_config, str)
+            else json.dumps(custom_config),
+        }
+    )
+    assert read_back == parameters
     with pytest.raises(ValueError, match='min_tflite_agreement'):
-        component.make_pusher(model, bless, '/srv/c', 'c', min_tflite_agreement=1.5)
-    with pytest.raises(ValueError, match='serving_base_directory'):
-        component.make_pusher(model, bless, '', 'c')
+        component.make_pusher(
+            model, bless, PusherParameters(serving_root='/srv', min_tflite_agreement=1.5)
+        )
+    with pytest.raises(ValueError, match='serving_root'):
+        component.make_pusher(model, bless, PusherParameters(serving_root=''))

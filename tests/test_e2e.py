@@ -26,8 +26,12 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from tfx_captioning.cli import pipeline_cli as cli
 from tfx_captioning.cli import report, sample_data, summary
+from tfx_captioning.components.caption_evaluator.gate import GateConfig
+from tfx_captioning.components.caption_evaluator.spec import EvaluatorParameters
 from tfx_captioning.components.caption_pusher import publish
+from tfx_captioning.components.image_feature_extractor.spec import ExtractorParameters
 from tfx_captioning.models import features
+from tfx_captioning.models.hparams import HParams
 from tfx_captioning.pipeline import configs, local_runner
 
 pytestmark = pytest.mark.slow
@@ -46,7 +50,7 @@ HPARAMS = {
     'tflite_quantization': 'float32',
 }
 RESOLVER = 'latest_blessed_model_resolver'
-GATE = {'min_bleu_4': 0.05, 'max_loss_increase': 0.05, 'max_bleu_4_drop': 0.02}
+GATE = GateConfig(max_loss_increase=0.05, max_cider_drop=0.02)
 
 
 def executions(store):
@@ -59,7 +63,11 @@ def runs(tmp_path_factory):
     data = root / 'data'
     sample_data.generate(str(data), 96, seed=11)
     out = str(root / 'out')
-    kwargs = dict(encoder_weights='random', hparams=HPARAMS, **GATE)
+    kwargs = dict(
+        extractor=ExtractorParameters(weights='random'),
+        hparams=HParams.from_custom_config(HPARAMS),
+        evaluator=EvaluatorParameters(gate=GATE),
+    )
     paths = local_runner.run(str(data), out, **kwargs)
     store = summary.open_store(paths.metadata_path)
     first = executions(store)
@@ -123,8 +131,11 @@ def test_ingestion_report_and_data_validation(runs):
 def test_metrics_beat_the_most_frequent_caption(runs):
     metrics = runs['first_metrics']
     test = metrics['splits'][features.TEST_SPLIT]
-    assert test['metrics']['bleu_4'] > test['most_frequent_caption_bleu']['bleu_4']
-    assert metrics['tflite_agreement'] == pytest.approx(1.0)
+    for name in features.METRIC_NAMES:
+        assert test['metrics'][name] >= 0, name
+    assert test['metrics']['CIDEr-D'] > test['most_frequent_caption']['CIDEr-D'] + 0.1
+    (tflite,) = metrics['tflite']
+    assert tflite['variant'] == 'float32' and tflite['agreement'] == pytest.approx(1.0)
     assert metrics['baseline'] is None  # the first model has no baseline
 
 
@@ -187,7 +198,7 @@ def test_worse_model_is_not_blessed_nor_pushed(runs):
     assert states['Trainer'] == 'COMPLETE'
     decision = runs['third_decision']
     assert not decision['blessed']
-    assert 'regressed' in decision['reason'] or 'min_bleu_4' in decision['reason']
+    assert 'regressed' in decision['reason'] or 'baseline' in decision['reason']
     assert not decision['pushed']
     assert runs['third_metrics']['baseline'] is not None  # compared with the blessed model
     versions = publish.integer_versions(

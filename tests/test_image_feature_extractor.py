@@ -93,7 +93,8 @@ def _examples_channel():
 
 def test_component_declares_its_channels_and_parameters():
     extractor = component.ImageFeatureExtractor(
-        examples=_examples_channel(), weights='random', seed=3, batch_size=8
+        examples=_examples_channel(),
+        parameters=spec.ExtractorParameters(weights='random', seed=3, batch_size=8),
     )
 
     assert extractor.outputs[spec.FEATURE_EXAMPLES_KEY].type == standard_artifacts.Examples
@@ -129,7 +130,9 @@ def test_component_defaults_to_imagenet():
 )
 def test_component_rejects_bad_arguments_when_the_pipeline_is_built(arguments, message):
     with pytest.raises(ValueError, match=message):
-        component.ImageFeatureExtractor(examples=_examples_channel(), **arguments)
+        component.ImageFeatureExtractor(
+            examples=_examples_channel(), parameters=spec.ExtractorParameters(**arguments)
+        )
 
 
 def test_parameters_read_from_exec_properties_accept_an_int_for_the_bool():

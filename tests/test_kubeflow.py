@@ -12,7 +12,6 @@ and, once the pipeline has a Transform, that 2 workers give what 1 gives.
 import dataclasses
 import glob
 import importlib
-import inspect
 import json
 import os
 import re
@@ -36,10 +35,15 @@ from tfx.types import standard_component_specs
 
 from tests import kfp_local
 from tfx_captioning.cli import sample_data
+from tfx_captioning.components.caption_evaluator.gate import GateConfig
+from tfx_captioning.components.caption_evaluator.spec import EvaluatorParameters
+from tfx_captioning.components.caption_pusher.spec import PusherParameters
 from tfx_captioning.components.flickr8k_example_gen import layout
+from tfx_captioning.components.image_feature_extractor.spec import ExtractorParameters
 from tfx_captioning.kubeflow import cli, runner
 from tfx_captioning.kubeflow import config as kf_config
 from tfx_captioning.models import features
+from tfx_captioning.models.hparams import HParams
 from tfx_captioning.pipeline import configs, local_runner
 from tfx_captioning.pipeline.pipeline import create_pipeline
 
@@ -68,18 +72,8 @@ CODE_PATH_KEYS = (
 )
 
 
-def _create_pipeline_parameters() -> Dict[str, inspect.Parameter]:
-    return dict(inspect.signature(create_pipeline).parameters)
-
-
 def _destination_flags() -> List[str]:
-    """Serving destinations, for the pipeline arguments that exist yet."""
-    flags = []
-    if 'serving_root' in _create_pipeline_parameters():
-        flags += ['--serving-root', SERVING_ROOT]
-    if 'tflite_root' in _create_pipeline_parameters():
-        flags += ['--tflite-root', TFLITE_ROOT]
-    return flags
+    return ['--serving-root', SERVING_ROOT, '--tflite-root', TFLITE_ROOT]
 
 
 def _executable_components(pipeline) -> List[base_component.BaseComponent]:
@@ -385,7 +379,7 @@ def _valid(**values) -> Dict[str, Any]:
         'image': IMAGE,
         'pipeline_root': 'gs://b/root',
         'data_root': 'gs://b/data',
-        'serving_root': 'gs://b/serving',
+        'serving_root': SERVING_ROOT,
     }
     return dict(base, **values)
 
@@ -455,63 +449,60 @@ def test_unknown_keys_in_the_config_file_are_refused(tmp_path):
         kf_config.load_file(str(path))
 
 
-def test_a_value_the_pipeline_cannot_take_is_an_error_not_dropped():
-    def older_create_pipeline(
-        pipeline_name, pipeline_root, data_root, beam_pipeline_args=None, enable_cache=True
-    ):
-        del pipeline_name, pipeline_root, data_root, beam_pipeline_args, enable_cache
-
+def test_the_config_maps_onto_the_same_parameter_objects_as_the_local_runner():
     config = kf_config.make_config(
-        _valid(serving_root=SERVING_ROOT, pipeline_args={'train_steps': 5})
+        _valid(
+            tflite_root=TFLITE_ROOT,
+            train_steps=5,
+            hparams={'epochs': 3, 'min_word_count': 2},
+            extractor={'weights': 'random', 'batch_size': 8},
+            gate={'max_cider_drop': 0.05, 'min_metrics': {'BLEU-4': 0.1}},
+        )
     )
-    with pytest.raises(ValueError) as raised:
-        config.validate(older_create_pipeline)
-    assert "'serving_root'" in str(raised.value) and "'train_steps'" in str(raised.value)
-
-
-def test_unset_values_are_left_to_create_pipeline_and_no_metadata_store_is_configured():
-    config = kf_config.make_config(_valid(pipeline_args={'extra': 1}))
+    config.validate()
     kwargs = config.pipeline_kwargs()
-    assert kwargs['serving_root'] == 'gs://b/serving'
-    assert 'tflite_root' not in kwargs  # unset: create_pipeline's default applies
-    assert 'metadata_connection_config' not in kwargs
-    assert kwargs['extra'] == 1
-    assert runner.build_pipeline(kf_config.make_config(_valid())).metadata_connection_config is None
-
-
-def test_the_config_can_give_create_pipeline_every_argument_it_requires():
-    parameters = _create_pipeline_parameters()
-    mapped = {
-        f.metadata[kf_config.PIPELINE_ARG]: f
-        for f in dataclasses.fields(kf_config.KubeflowConfig)
-        if kf_config.PIPELINE_ARG in f.metadata
-    }
-    required = {n for n, p in parameters.items() if p.default is inspect.Parameter.empty}
-    assert required <= set(mapped), (
-        f'map these in kubeflow/config.py: {sorted(required - set(mapped))}'
+    assert kwargs['pusher'] == PusherParameters(serving_root=SERVING_ROOT, tflite_root=TFLITE_ROOT)
+    assert kwargs['hparams'] == HParams(epochs=3, min_word_count=2)
+    assert kwargs['extractor'] == ExtractorParameters(weights='random', batch_size=8)
+    assert kwargs['evaluator'] == EvaluatorParameters(
+        gate=GateConfig(max_cider_drop=0.05, min_metrics={'BLEU-4': 0.1})
     )
-    for name, field in mapped.items():
-        # A mapped argument with a default value is always passed: it must exist.
-        if field.default is not None:
-            assert name in parameters, f'create_pipeline lost {name!r}: update kubeflow/config.py'
+    assert kwargs['train_steps'] == 5 and kwargs['eval_steps'] is None
+    assert 'metadata_connection_config' not in kwargs
+    pipeline = runner.build_pipeline(config)
+    assert pipeline.metadata_connection_config is None
+    ids = {component.id for component in pipeline.components}
+    assert {'Transform', 'Trainer', 'CaptionEvaluator', 'CaptionPusher'} <= ids
 
 
-def test_a_required_argument_left_unset_is_named():
-    def newer_create_pipeline(pipeline_name, pipeline_root, data_root, serving_root, train_steps):
-        del pipeline_name, pipeline_root, data_root, serving_root, train_steps
-
-    values = _valid()
-    del values['serving_root']
-    with pytest.raises(ValueError) as raised:
-        kf_config.make_config(values).validate(newer_create_pipeline)
-    assert "requires 'serving_root': set 'serving_root' (flag --serving-root)" in str(raised.value)
-    assert "requires 'train_steps': set it in pipeline_args" in str(raised.value)
+@pytest.mark.parametrize(
+    'values, message',
+    [
+        ({'hparams': {'epochs': 0}}, 'epochs must be >= 1'),
+        ({'hparams': {'epoch': 3}}, 'Unknown hyperparameters'),
+        ({'gate': {'max_loss': -1}}, 'max_loss'),
+        ({'gate': {'min_metrics': {'BLEU-7': 0.1}}}, 'unknown metric'),
+        ({'extractor': {'weights': 'imagnet'}}, 'imagenet'),
+        ({'extractor': {'wieghts': 'random'}}, 'unknown keys'),
+        ({'min_tflite_agreement': 2.0}, 'min_tflite_agreement'),
+        ({'train_steps': 0}, 'train_steps'),
+        ({'serving_root': ''}, 'serving_root is required'),
+    ],
+)
+def test_every_bad_setting_is_named_before_compiling(values, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        kf_config.make_config(_valid(**values)).validate()
 
 
 def test_the_example_config_gives_create_pipeline_all_it_needs():
-    # When create_pipeline gains a required argument (say serving_root), this
-    # says which line of kubeflow/config.example.yaml to fill in.
-    kf_config.make_config(kf_config.load_file(str(EXAMPLE_CONFIG))).validate(create_pipeline)
+    config = kf_config.make_config(kf_config.load_file(str(EXAMPLE_CONFIG)))
+    config.validate()
+    kwargs = config.pipeline_kwargs()
+    assert kwargs['pusher'].serving_root == 'gs://BUCKET/serving'
+    assert kwargs['pusher'].tflite_base_directory == 'gs://BUCKET/tflite/captioner'
+    assert kwargs['data_root'] == 'gs://BUCKET/data/flickr8k'
+    assert '--runner=DataflowRunner' in kwargs['beam_pipeline_args']
+    assert create_pipeline(**kwargs).pipeline_info.pipeline_name == config.pipeline_name
 
 
 def test_cli_reports_an_invalid_config_with_exit_status_2(capsys):
@@ -708,8 +699,8 @@ def test_two_beam_workers_transform_exactly_like_one(tmp_path, monkeypatch):
             str(data),
             str(tmp_path / f'out{workers}'),
             beam_workers=workers,
-            encoder_weights='random',
-            hparams={'min_word_count': 1},
+            extractor=ExtractorParameters(weights='random'),
+            hparams=HParams(min_word_count=1),
         )
         node_root = os.path.join(paths.pipeline_root, transform.id)
         (graph,) = glob.glob(

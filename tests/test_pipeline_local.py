@@ -3,6 +3,8 @@
 import pytest
 
 from tfx_captioning.cli import pipeline_cli as cli
+from tfx_captioning.components.caption_evaluator.gate import GateConfig
+from tfx_captioning.models.hparams import HParams
 from tfx_captioning.pipeline import configs
 
 
@@ -34,10 +36,34 @@ def test_cli_refuses_bad_hyperparameters_before_running(tmp_path, capsys):
 
 
 def test_sample_defaults_and_flags():
-    args = cli.build_parser().parse_args(['run', '--hparam', 'epochs=3', '--min-bleu-4', '0.2'])
+    args = cli.build_parser().parse_args(
+        ['run', '--hparam', 'epochs=3', '--min-bleu-4', '0.2', '--gate', 'max_cider_drop=0.1']
+    )
     kwargs = cli.pipeline_args(args)
-    assert kwargs['encoder_weights'] == configs.SAMPLE_ENCODER_WEIGHTS
-    assert kwargs['hparams'] == dict(configs.SAMPLE_HPARAMS, epochs=3)
-    assert kwargs['min_bleu_4'] == 0.2
+    assert kwargs['extractor'].weights == configs.SAMPLE_ENCODER_WEIGHTS
+    assert kwargs['hparams'] == HParams(**dict(configs.SAMPLE_HPARAMS, epochs=3))
+    gate = kwargs['evaluator'].gate
+    assert gate.min_metrics == {'BLEU-4': 0.2} and gate.max_cider_drop == 0.1
+    assert gate.min_margin_over_baseline == GateConfig().min_margin_over_baseline
     real = cli.pipeline_args(cli.build_parser().parse_args(['run', '--data', '/d']))
-    assert real['encoder_weights'] == 'imagenet' and real['hparams'] == {}
+    assert real['extractor'].weights == 'imagenet' and real['hparams'] == HParams()
+    assert real['evaluator'].gate == GateConfig()
+
+
+@pytest.mark.parametrize(
+    'flags, message',
+    [
+        (['--gate', 'max_cider_drop=-1'], 'max_cider_drop'),
+        (['--gate', 'nope=1'], 'Unknown gate settings'),
+        (['--min-metric', 'BLEU-5=0.1'], 'unknown metric'),
+        (['--encoder-weights', 'imagnet'], 'imagenet'),
+    ],
+)
+def test_cli_refuses_bad_gate_and_extractor_flags_before_running(tmp_path, capsys, flags, message):
+    from tfx_captioning.cli import sample_data
+
+    sample_data.generate(str(tmp_path / 'data'), 8)
+    argv = ['--output', str(tmp_path / 'o'), 'run', '--data', str(tmp_path / 'data')]
+    assert cli.main(argv + flags) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / 'o' / 'tfx').exists()

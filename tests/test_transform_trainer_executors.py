@@ -17,11 +17,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 from tensorflow_metadata.proto.v0 import schema_pb2
-from tfx.components.trainer import executor as trainer_executor
 from tfx.components.transform import executor as transform_executor
-from tfx.proto import trainer_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
-from tfx.utils import io_utils, path_utils, proto_utils
+from tfx.utils import io_utils, path_utils
 
 from tests import captioning_fixtures
 from tests.flickr8k_fixtures import jpeg_bytes
@@ -32,12 +30,7 @@ pytestmark = pytest.mark.slow
 SPLITS = (features.TRAIN_SPLIT, features.EVAL_SPLIT)
 
 
-def _artifact(artifact_type, uri, splits=None):
-    artifact = artifact_type()
-    artifact.uri = uri
-    if splits:
-        artifact.split_names = artifact_utils.encode_split_names(list(splits))
-    return artifact
+_artifact = captioning_fixtures.artifact
 
 
 def _varlen_schema() -> schema_pb2.Schema:
@@ -127,39 +120,9 @@ def trained_model(transform_outputs, caption_hparams, tmp_path_factory):
     """The Model artifact written by TFX's Trainer GenericExecutor with our run_fn."""
     transformed, transform_graph, _ = transform_outputs
     root = str(tmp_path_factory.mktemp('trainer_executor'))
-    base_model = _artifact(standard_artifacts.Model, os.path.join(root, 'encoder'))
-    encoder.save_encoder(
-        encoder.build_inception_encoder(encoder.WEIGHTS_RANDOM, seed=0),
-        base_model.uri,
-        weights=encoder.WEIGHTS_RANDOM,
-        seed=0,
+    return captioning_fixtures.train_model(
+        transformed, transform_graph, caption_hparams, root, num_steps=30
     )
-    model = _artifact(standard_artifacts.Model, os.path.join(root, 'model'))
-    model_run = _artifact(standard_artifacts.ModelRun, os.path.join(root, 'model_run'))
-    trainer_executor.GenericExecutor().Do(
-        {
-            standard_component_specs.EXAMPLES_KEY: [transformed],
-            standard_component_specs.TRANSFORM_GRAPH_KEY: [transform_graph],
-            standard_component_specs.BASE_MODEL_KEY: [base_model],
-        },
-        {
-            standard_component_specs.MODEL_KEY: [model],
-            standard_component_specs.MODEL_RUN_KEY: [model_run],
-        },
-        {
-            standard_component_specs.RUN_FN_KEY: 'tfx_captioning.models.trainer.run_fn',
-            standard_component_specs.TRAIN_ARGS_KEY: proto_utils.proto_to_json(
-                trainer_pb2.TrainArgs(num_steps=30)
-            ),
-            standard_component_specs.EVAL_ARGS_KEY: proto_utils.proto_to_json(
-                trainer_pb2.EvalArgs(num_steps=3)
-            ),
-            standard_component_specs.CUSTOM_CONFIG_KEY: json.dumps(
-                caption_hparams.to_custom_config()
-            ),
-        },
-    )
-    return model, model_run, base_model
 
 
 def test_trainer_executor_exports_the_combined_model(

@@ -17,7 +17,7 @@ from tfx import types
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 
-from tfx_captioning.components.caption_evaluator import executor, gate, spec
+from tfx_captioning.components.caption_evaluator import executor, spec
 
 
 class CaptionEvaluator(base_component.BaseComponent):
@@ -34,9 +34,7 @@ class CaptionEvaluator(base_component.BaseComponent):
         model: types.BaseChannel,
         baseline_model: Optional[types.BaseChannel] = None,
         raw_examples: Optional[types.BaseChannel] = None,
-        thresholds: Optional[gate.Thresholds] = None,
-        tflite_sample_size: int = 32,
-        batch_size: int = 64,
+        parameters: Optional[spec.EvaluatorParameters] = None,
     ):
         """Args:
         examples: ImageFeatureExtractor examples (raw features, captions).
@@ -44,18 +42,14 @@ class CaptionEvaluator(base_component.BaseComponent):
         transform_graph: Transform's graph (its transformed feature spec).
         model: the Trainer's model.
         baseline_model: the latest blessed model, for the no-regression rule.
-        raw_examples: ExampleGen examples; with them the TFLite variant's
+        raw_examples: ExampleGen examples; with them each TFLite variant's
           captions are compared with the SavedModel's on eval images.
-        thresholds: the blessing gate; `gate.Thresholds()` by default.
-        tflite_sample_size: eval images used for the TFLite parity check.
-        batch_size: images per signature call.
+        parameters: the gate and sizes; `spec.EvaluatorParameters()` by default.
 
         Raises:
-          ValueError: on invalid thresholds or sizes.
+          ValueError: on invalid parameters.
         """
-        thresholds = (thresholds or gate.Thresholds()).validate()
-        if tflite_sample_size < 1 or batch_size < 1:
-            raise ValueError('tflite_sample_size and batch_size must be >= 1.')
+        parameters = (parameters or spec.EvaluatorParameters()).validate()
         super().__init__(
             spec=spec.CaptionEvaluatorSpec(
                 examples=examples,
@@ -64,13 +58,8 @@ class CaptionEvaluator(base_component.BaseComponent):
                 model=model,
                 baseline_model=baseline_model,
                 raw_examples=raw_examples,
-                min_bleu_4=thresholds.min_bleu_4,
-                max_loss=thresholds.max_loss,
-                max_bleu_4_drop=thresholds.max_bleu_4_drop,
-                max_loss_increase=thresholds.max_loss_increase,
-                tflite_sample_size=tflite_sample_size,
-                batch_size=batch_size,
                 evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
                 blessing=types.Channel(type=standard_artifacts.ModelBlessing),
+                **parameters.to_exec_properties(),
             )
         )

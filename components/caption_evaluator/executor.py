@@ -1,23 +1,25 @@
-"""Executor of CaptionEvaluator: metrics with the exported signatures, then the gate.
+"""Executor of CaptionEvaluator: the coco-caption metrics with the exported signatures, then the gate.
 
 For each of the eval and test splits:
 
 - captions from the model's `caption_from_features` signature on the
-  extractor's raw features, scored with corpus BLEU-1..4 against **all**
-  references, normalised exactly as Transform normalises them;
+  extractor's raw features, scored by the coco-caption toolkit
+  (`models.caption_metrics`: PTB tokenizer, BLEU-1..4, METEOR, ROUGE-L,
+  CIDEr-D) against **all** reference captions of each image;
 - the masked loss (nats per real token) from the `caption_loss` signature on
   Transform's examples;
-- the "most frequent training caption" baseline's BLEU, so a score can be
-  read against what a model that ignores the image gets.
+- the same metrics for the "most frequent training caption" baseline, which
+  emits one caption for every image: what a model that ignores the image gets.
 
 The eval split decides the blessing (`gate.decide`); the latest blessed model,
-when there is one, is evaluated on the same data for the no-regression rule.
-With `raw_examples`, the TFLite variant in the Model artifact is compared with
-the SavedModel on a sample of eval images; the agreement rate is recorded on
-the blessing, where the Pusher reads it.
+when there is one, is evaluated on the same data in the same run for the
+no-regression rules. With `raw_examples`, every TFLite variant in the Model
+artifact is compared with the SavedModel on eval images (`tflite_parity`); the
+measurements are recorded on the blessing, where the Pusher picks the variant.
 """
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -32,12 +34,11 @@ from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
 from tfx_captioning.components.caption_evaluator import gate, records, spec, tflite_parity
-from tfx_captioning.models import bleu, features
+from tfx_captioning.models import caption_metrics, features
 from tfx_captioning.models.preprocessing import normalize_caption
 
 REPORT_SPLITS = (features.EVAL_SPLIT, features.TEST_SPLIT)
 SAMPLES_PER_SPLIT = 12
-
 
 RAW_FEATURE_SPEC = {
     features.IMAGE_ID_KEY: tf.io.FixedLenFeature([], tf.string),
@@ -46,30 +47,36 @@ RAW_FEATURE_SPEC = {
 }
 
 
-def normalized_references(captions: tf.SparseTensor) -> List[List[List[str]]]:
-    """Per image, its reference captions as word lists, normalised like Transform."""
-    dense = tf.sparse.to_dense(captions, default_value='')
-    normalized = normalize_caption(dense).numpy()
-    counts = tf.math.bincount(
-        tf.cast(captions.indices[:, 0], tf.int32), minlength=dense.shape[0]
-    ).numpy()
-    return [
-        [c.decode('utf-8').split() for c in row[:count]] for row, count in zip(normalized, counts)
-    ]
+def split_references(captions: tf.SparseTensor) -> List[List[str]]:
+    """Per image of a batch, its reference captions as they are in the data (UTF-8)."""
+    rows: List[List[str]] = [[] for _ in range(int(captions.dense_shape[0]))]
+    for (row, _), value in zip(captions.indices.numpy(), captions.values.numpy()):
+        rows[row].append(value.decode('utf-8'))
+    return rows
 
 
-def generate_split(
-    signatures, examples: types.Artifact, split: str, batch_size: int
-) -> Tuple[List[str], List[List[str]], List[List[List[str]]]]:
-    """(image ids, generated word lists, reference word lists) for one split."""
-    caption_fn = signatures[features.FEATURES_SIGNATURE]
-    ids, hypotheses, references = [], [], []
+def read_references(
+    examples: types.Artifact, split: str, batch_size: int
+) -> Tuple[List[str], List[List[str]], List[tf.Tensor]]:
+    """(image ids, reference captions, feature batches) of one split, in file order."""
+    ids, references, feature_batches = [], [], []
     for batch in records.read_examples(examples, split, RAW_FEATURE_SPEC, batch_size):
-        out = caption_fn(**{features.IMAGE_FEATURES_INPUT: batch[features.IMAGE_FEATURES_KEY]})
         ids += [i.decode('utf-8') for i in batch[features.IMAGE_ID_KEY].numpy()]
-        hypotheses += [c.decode('utf-8').split() for c in out[features.CAPTION_OUTPUT].numpy()]
-        references += normalized_references(batch[features.CAPTIONS_KEY])
-    return ids, hypotheses, references
+        references += split_references(batch[features.CAPTIONS_KEY])
+        feature_batches.append(batch[features.IMAGE_FEATURES_KEY])
+    if len(set(ids)) != len(ids):
+        raise ValueError(f'Split {split!r} of {examples.uri} repeats an image id.')
+    return ids, references, feature_batches
+
+
+def generate_captions(signatures, feature_batches: List[tf.Tensor]) -> List[str]:
+    """The model's greedy captions for batches of raw image features."""
+    caption_fn = signatures[features.FEATURES_SIGNATURE]
+    captions = []
+    for image_features in feature_batches:
+        out = caption_fn(**{features.IMAGE_FEATURES_INPUT: image_features})
+        captions += [c.decode('utf-8') for c in out[features.CAPTION_OUTPUT].numpy()]
+    return captions
 
 
 def split_loss(
@@ -104,14 +111,30 @@ def split_loss(
     return total / tokens
 
 
-def most_frequent_caption(references: List[List[List[str]]]) -> List[str]:
-    """The most frequent normalised reference caption (ties: the first seen)."""
-    counts = collections.Counter(' '.join(ref) for refs in references for ref in refs)
-    return counts.most_common(1)[0][0].split() if counts else []
+def most_frequent_caption(references: List[List[str]]) -> str:
+    """The most frequent training caption, normalised as Transform normalises captions.
+
+    Ties go to the caption seen first. Normalising first counts "A dog runs."
+    and "a dog runs" as one caption.
+    """
+    flat = [caption for captions in references for caption in captions]
+    if not flat:
+        return ''
+    normalized = [c.decode('utf-8') for c in normalize_caption(tf.constant(flat)).numpy()]
+    return collections.Counter(' '.join(c.split()) for c in normalized).most_common(1)[0][0]
+
+
+@dataclasses.dataclass
+class SplitData:
+    """What every model is scored on for one split."""
+
+    ids: List[str]
+    references: Dict[str, List[str]]
+    feature_batches: List[tf.Tensor]
 
 
 class Executor(base_executor.BaseExecutor):
-    """Computes BLEU/loss, compares with the baseline, writes evaluation and blessing."""
+    """Scores the model (and the latest blessed one), applies the gate, writes the artifacts."""
 
     def Do(  # noqa: N802 (TFX API)
         self,
@@ -120,13 +143,8 @@ class Executor(base_executor.BaseExecutor):
         exec_properties: Dict[str, Any],
     ) -> None:
         self._log_startup(input_dict, output_dict, exec_properties)
-        thresholds = gate.Thresholds(
-            min_bleu_4=float(exec_properties.get(spec.MIN_BLEU_4_KEY, 0.0)),
-            max_loss=float(exec_properties.get(spec.MAX_LOSS_KEY, 50.0)),
-            max_bleu_4_drop=float(exec_properties.get(spec.MAX_BLEU_4_DROP_KEY, 0.01)),
-            max_loss_increase=float(exec_properties.get(spec.MAX_LOSS_INCREASE_KEY, 0.05)),
-        ).validate()
-        batch_size = int(exec_properties.get(spec.BATCH_SIZE_KEY) or 64)
+        parameters = spec.EvaluatorParameters.from_exec_properties(exec_properties)
+        batch_size = parameters.batch_size
         examples = artifact_utils.get_single_instance(input_dict[spec.EXAMPLES_KEY])
         transformed = artifact_utils.get_single_instance(input_dict[spec.TRANSFORMED_EXAMPLES_KEY])
         tft_output = tft.TFTransformOutput(
@@ -139,40 +157,57 @@ class Executor(base_executor.BaseExecutor):
         if baseline is not None and baseline.uri == model.uri:
             baseline = None  # the same model resolved as its own baseline (a cached rerun)
 
-        train_refs = generate_split_references(examples, features.TRAIN_SPLIT, batch_size)
-        frequent = most_frequent_caption(train_refs)
-        results = evaluate_model(model, examples, transformed, feature_spec, batch_size, frequent)
-        baseline_results = None
-        if baseline is not None:
-            logging.info('Evaluating the latest blessed model %s as the baseline.', baseline.uri)
-            baseline_results = evaluate_model(
-                baseline, examples, transformed, feature_spec, batch_size, frequent
-            )
-        eval_metrics = results['splits'][features.EVAL_SPLIT]['metrics']
+        _, train_references, _ = read_references(examples, features.TRAIN_SPLIT, batch_size)
+        frequent = most_frequent_caption(train_references)
+        data = {}
+        for split in REPORT_SPLITS:
+            ids, references, feature_batches = read_references(examples, split, batch_size)
+            data[split] = SplitData(ids, dict(zip(ids, references)), feature_batches)
+
+        def evaluate(candidate: types.Artifact) -> Dict[str, Any]:
+            return evaluate_model(candidate, data, transformed, feature_spec, batch_size, scorer)
+
+        with caption_metrics.CaptionScorer() as scorer:
+            constant = {
+                split: scorer.score(d.references, {i: frequent for i in d.ids})
+                for split, d in data.items()
+            }
+            results = evaluate(model)
+            baseline_results = None
+            if baseline is not None:
+                logging.info(
+                    'Evaluating the latest blessed model %s as the baseline.', baseline.uri
+                )
+                baseline_results = evaluate(baseline)
+        for split, metrics in constant.items():
+            results['splits'][split]['most_frequent_caption'] = metrics
         blessed, failures = gate.decide(
-            eval_metrics,
+            results['splits'][features.EVAL_SPLIT]['metrics'],
+            constant[features.EVAL_SPLIT],
             baseline_results['splits'][features.EVAL_SPLIT]['metrics']
             if baseline_results
             else None,
-            thresholds,
+            parameters.gate,
         )
         raw = input_dict.get(spec.RAW_EXAMPLES_KEY) or []
-        agreement = None
-        if raw:
-            agreement = tflite_parity.measure(
-                model.uri,
-                raw[0],
-                features.EVAL_SPLIT,
-                int(exec_properties.get(spec.TFLITE_SAMPLE_SIZE_KEY) or 32),
+        tflite = (
+            tflite_parity.measure_variants(
+                model.uri, raw[0], features.EVAL_SPLIT, parameters.tflite_sample_size
             )
+            if raw
+            else []
+        )
+        eval_metrics = results['splits'][features.EVAL_SPLIT]['metrics']
         report = {
             'model': model.uri,
             'baseline_model': baseline.uri if baseline is not None else None,
-            'most_frequent_train_caption': ' '.join(frequent),
-            'thresholds': vars(thresholds),
+            'most_frequent_train_caption': frequent,
+            'gate': parameters.gate.to_dict(),
             'blessed': blessed,
             'failures': failures,
-            'tflite_agreement': agreement,
+            'reason': '; '.join(failures)
+            or gate.passing_summary(eval_metrics, constant[features.EVAL_SPLIT]),
+            'tflite': tflite,
             **results,
             'baseline': baseline_results,
         }
@@ -181,48 +216,38 @@ class Executor(base_executor.BaseExecutor):
         write_outputs(evaluation, blessing, report, model, baseline)
 
 
-def generate_split_references(
-    examples: types.Artifact, split: str, batch_size: int
-) -> List[List[List[str]]]:
-    references = []
-    for batch in records.read_examples(examples, split, RAW_FEATURE_SPEC, batch_size):
-        references += normalized_references(batch[features.CAPTIONS_KEY])
-    return references
-
-
 def evaluate_model(
     model: types.Artifact,
-    examples: types.Artifact,
+    data: Dict[str, SplitData],
     transformed: types.Artifact,
     feature_spec: Dict[str, Any],
     batch_size: int,
-    frequent: List[str],
+    scorer: caption_metrics.CaptionScorer,
 ) -> Dict[str, Any]:
     """Metrics (and a few sample captions) of one model on the eval and test splits."""
     loaded = tf.saved_model.load(path_utils.serving_model_path(model.uri))
-    out = {'splits': {}}
-    for split in REPORT_SPLITS:
-        ids, hyps, refs = generate_split(loaded.signatures, examples, split, batch_size)
-        metrics = bleu.corpus_bleu(refs, hyps)
+    out: Dict[str, Any] = {'splits': {}}
+    for split, split_data in data.items():
+        captions = dict(
+            zip(split_data.ids, generate_captions(loaded.signatures, split_data.feature_batches))
+        )
+        metrics = scorer.score(split_data.references, captions)
         metrics['loss'] = split_loss(
             loaded.signatures, transformed, split, feature_spec, batch_size
         )
-        metrics['num_images'] = len(ids)
-        frequent_bleu = bleu.corpus_bleu(refs, [frequent] * len(refs))
+        metrics['num_images'] = len(split_data.ids)
         out['splits'][split] = {
             'metrics': metrics,
-            'most_frequent_caption_bleu': frequent_bleu,
             'samples': [
-                {'image_id': i, 'caption': ' '.join(h), 'references': [' '.join(r) for r in rs]}
-                for i, h, rs in list(zip(ids, hyps, refs))[:SAMPLES_PER_SPLIT]
+                {
+                    'image_id': image_id,
+                    'caption': captions[image_id],
+                    'references': split_data.references[image_id],
+                }
+                for image_id in split_data.ids[:SAMPLES_PER_SPLIT]
             ],
         }
-        logging.info(
-            'Split %s: %s (most frequent caption: bleu_4 %.4f)',
-            split,
-            {k: round(v, 4) for k, v in metrics.items()},
-            frequent_bleu['bleu_4'],
-        )
+        logging.info('Split %s: %s', split, {k: round(v, 4) for k, v in metrics.items()})
     return out
 
 
@@ -237,12 +262,9 @@ def write_outputs(
     tf.io.gfile.makedirs(evaluation.uri)
     with tf.io.gfile.GFile(os.path.join(evaluation.uri, spec.METRICS_FILE), 'w') as f:
         json.dump(report, f, indent=2, sort_keys=True)
-    eval_metrics = report['splits'][features.EVAL_SPLIT]['metrics']
-    for name, value in eval_metrics.items():
-        evaluation.set_float_custom_property(f'eval_{name}', float(value))
-    test_metrics = report['splits'][features.TEST_SPLIT]['metrics']
-    for name, value in test_metrics.items():
-        evaluation.set_float_custom_property(f'test_{name}', float(value))
+    for split in REPORT_SPLITS:
+        for name, value in report['splits'][split]['metrics'].items():
+            evaluation.set_float_custom_property(f'{split}_{name}', float(value))
 
     blessed = report['blessed']
     tf.io.gfile.makedirs(blessing.uri)
@@ -264,17 +286,13 @@ def write_outputs(
         blessing.set_int_custom_property(
             constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, baseline.id
         )
-    reason = '; '.join(report['failures']) or (
-        f'bleu_4 {eval_metrics["bleu_4"]:.4f}, loss {eval_metrics["loss"]:.4f} pass the gate'
+    blessing.set_string_custom_property(features.BLESSING_REASON_PROPERTY, report['reason'])
+    blessing.set_string_custom_property(
+        features.TFLITE_CANDIDATES_PROPERTY, json.dumps(report['tflite'])
     )
-    blessing.set_string_custom_property(features.BLESSING_REASON_PROPERTY, reason)
-    if report['tflite_agreement'] is not None:
-        blessing.set_float_custom_property(
-            features.TFLITE_AGREEMENT_PROPERTY, float(report['tflite_agreement'])
-        )
     logging.log(
         logging.INFO if blessed else logging.WARNING,
         'Model %s: %s.',
         'BLESSED' if blessed else 'NOT blessed',
-        reason,
+        report['reason'],
     )

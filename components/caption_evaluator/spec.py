@@ -1,8 +1,14 @@
-"""CaptionEvaluatorSpec: keys, inputs, outputs and typed parameters."""
+"""CaptionEvaluatorSpec: keys, inputs, outputs and the one parameter object."""
+
+import dataclasses
+import json
+from typing import Any, Dict
 
 from tfx import types
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+
+from tfx_captioning.components.caption_evaluator import gate as gate_lib
 
 # Input keys.
 EXAMPLES_KEY = 'examples'
@@ -15,24 +21,67 @@ RAW_EXAMPLES_KEY = 'raw_examples'
 EVALUATION_KEY = 'evaluation'
 BLESSING_KEY = 'blessing'
 # Parameters.
-MIN_BLEU_4_KEY = 'min_bleu_4'
-MAX_LOSS_KEY = 'max_loss'
-MAX_BLEU_4_DROP_KEY = 'max_bleu_4_drop'
-MAX_LOSS_INCREASE_KEY = 'max_loss_increase'
+GATE_KEY = 'gate'
 TFLITE_SAMPLE_SIZE_KEY = 'tflite_sample_size'
 BATCH_SIZE_KEY = 'batch_size'
 
 METRICS_FILE = 'metrics.json'
 
 
+@dataclasses.dataclass(frozen=True)
+class EvaluatorParameters:
+    """The evaluator's execution parameters, checked in one place.
+
+    Attributes:
+      gate: when a model is blessed (`gate_lib.GateConfig`).
+      tflite_sample_size: eval images on which each TFLite variant's captions
+        are compared with the SavedModel's.
+      batch_size: images per signature call.
+    """
+
+    gate: gate_lib.GateConfig = dataclasses.field(default_factory=gate_lib.GateConfig)
+    tflite_sample_size: int = 32
+    batch_size: int = 64
+
+    def validate(self) -> 'EvaluatorParameters':
+        """Returns self.
+
+        Raises:
+          ValueError: a parameter is out of range.
+        """
+        self.gate.validate()
+        for name in ('tflite_sample_size', 'batch_size'):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'{name} must be an int >= 1, got {value!r}.')
+        return self
+
+    def to_exec_properties(self) -> Dict[str, Any]:
+        return {
+            GATE_KEY: json.dumps(self.gate.to_dict(), sort_keys=True),
+            TFLITE_SAMPLE_SIZE_KEY: self.tflite_sample_size,
+            BATCH_SIZE_KEY: self.batch_size,
+        }
+
+    @classmethod
+    def from_exec_properties(cls, exec_properties: Dict[str, Any]) -> 'EvaluatorParameters':
+        """Reads and validates the parameters an executor receives."""
+        defaults = cls()
+        gate_json = exec_properties.get(GATE_KEY)
+        return cls(
+            gate=gate_lib.GateConfig.from_dict(json.loads(gate_json)) if gate_json else defaults.gate,
+            tflite_sample_size=int(
+                exec_properties.get(TFLITE_SAMPLE_SIZE_KEY) or defaults.tflite_sample_size
+            ),
+            batch_size=int(exec_properties.get(BATCH_SIZE_KEY) or defaults.batch_size),
+        ).validate()
+
+
 class CaptionEvaluatorSpec(types.ComponentSpec):
     """Evaluates a caption model on eval/test and blesses it (or not)."""
 
     PARAMETERS = {
-        MIN_BLEU_4_KEY: ExecutionParameter(type=float),
-        MAX_LOSS_KEY: ExecutionParameter(type=float),
-        MAX_BLEU_4_DROP_KEY: ExecutionParameter(type=float),
-        MAX_LOSS_INCREASE_KEY: ExecutionParameter(type=float),
+        GATE_KEY: ExecutionParameter(type=str),
         TFLITE_SAMPLE_SIZE_KEY: ExecutionParameter(type=int),
         BATCH_SIZE_KEY: ExecutionParameter(type=int),
     }

@@ -8,42 +8,61 @@ changes that TF Serving and phones need:
   hidden temporary directory and renamed, so a watching server never loads a
   half-written version;
 - `assets.extra/tf_serving_warmup_requests` in each version;
-- the TFLite variant the Trainer wrote (`Format-TFLite/`) published to
-  `<tflite_base_directory>/<version>/` under the same version, only when the
-  evaluator measured its caption agreement with the SavedModel at or above
-  `min_tflite_agreement`.
+- of the TFLite variants the Trainer wrote (`Format-TFLite/<variant>/`), the
+  smallest whose caption agreement with the SavedModel (measured by the
+  evaluator on eval images, through the on-device image loading) is at or
+  above `min_tflite_agreement` is published to
+  `<tflite_base_directory>/<version>/` under the same version; none when
+  none passes.
 """
 
 import json
 import logging
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 from tfx import types
 from tfx.components.pusher import executor as tfx_pusher_executor
-from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
-from tfx.utils import io_utils, proto_utils
+from tfx.utils import io_utils
 
-from tfx_captioning.components.caption_pusher import publish
+from tfx_captioning.components.caption_pusher import publish, spec
 from tfx_captioning.models import features
-
-# Keys of the Pusher's custom_config.
-MODEL_NAME_KEY = 'model_name'
-TFLITE_BASE_DIRECTORY_KEY = 'tflite_base_directory'
-MIN_TFLITE_AGREEMENT_KEY = 'min_tflite_agreement'
-DEFAULT_MIN_TFLITE_AGREEMENT = 0.95
 
 # Custom properties written on the PushedModel artifact.
 TFLITE_PUSHED_KEY = 'tflite_pushed'
 TFLITE_DESTINATION_KEY = 'tflite_destination'
+TFLITE_VARIANT_KEY = 'tflite_variant'
+TFLITE_CHOICE_KEY = 'tflite_choice'
+"""Why this TFLite variant (or none) was published, for the summary and report."""
 NOT_PUSHED_REASON_KEY = 'not_pushed_reason'
 
 
-def tflite_dir(model_uri: str) -> str:
-    """Where the Trainer leaves the TFLite variant inside its Model artifact."""
-    return os.path.join(model_uri, features.TFLITE_MODEL_DIR)
+def choose_tflite(
+    candidates: List[Dict[str, Any]], min_agreement: float
+) -> Tuple[Optional[Dict[str, Any]], str]:
+    """The smallest candidate whose agreement is >= `min_agreement`, and why.
+
+    Args:
+      candidates: the evaluator's measurements, dicts with 'variant',
+        'size_bytes' and 'agreement'.
+      min_agreement: the threshold.
+
+    Returns:
+      (the chosen candidate or None, a one-line explanation).
+    """
+    passing = [c for c in candidates if c['agreement'] >= min_agreement]
+    measured = ', '.join(f'{c["variant"]} {c["agreement"]:.1%}' for c in candidates) or 'none'
+    if not passing:
+        return (
+            None,
+            f'no TFLite variant agrees on >= {min_agreement:.0%} of eval images ({measured})',
+        )
+    chosen = min(passing, key=lambda c: (c['size_bytes'], c['variant']))
+    return chosen, (
+        f'{chosen["variant"]}: the smallest variant agreeing on >= {min_agreement:.0%} ({measured})'
+    )
 
 
 class Executor(tfx_pusher_executor.Executor):
@@ -59,7 +78,7 @@ class Executor(tfx_pusher_executor.Executor):
         model_push = artifact_utils.get_single_instance(
             output_dict[standard_component_specs.PUSHED_MODEL_KEY]
         )
-        custom_config = json.loads(exec_properties.get('custom_config') or 'null') or {}
+        parameters = spec.PusherParameters.from_exec_properties(exec_properties)
         if not self.CheckBlessing(input_dict):
             reason = _blessing_reason(input_dict)
             logging.warning('Model not pushed: it was not blessed (%s).', reason)
@@ -67,16 +86,8 @@ class Executor(tfx_pusher_executor.Executor):
             model_push.set_string_custom_property(NOT_PUSHED_REASON_KEY, reason)
             return
 
-        destination = pusher_pb2.PushDestination()
-        proto_utils.json_to_proto(
-            exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination
-        )
-        if destination.WhichOneof('destination') != 'filesystem':
-            raise NotImplementedError('CaptionPusher pushes to a filesystem destination only.')
-        base_directory = destination.filesystem.base_directory
-        model_name = custom_config.get(MODEL_NAME_KEY) or os.path.basename(
-            base_directory.rstrip('/')
-        )
+        base_directory = parameters.serving_base_directory
+        model_name = parameters.model_name
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
         model_path = self.GetModelPath(input_dict)
         already = publish.find_published_version(base_directory, model.uri)
@@ -89,7 +100,7 @@ class Executor(tfx_pusher_executor.Executor):
             self._MarkPushed(
                 model_push, pushed_destination=serving_path, pushed_version=str(already)
             )
-            tflite_base = custom_config.get(TFLITE_BASE_DIRECTORY_KEY)
+            tflite_base = parameters.tflite_base_directory
             tflite_path = os.path.join(tflite_base, str(already)) if tflite_base else ''
             pushed_tflite = bool(tflite_path) and tf.io.gfile.exists(tflite_path)
             model_push.set_int_custom_property(TFLITE_PUSHED_KEY, int(pushed_tflite))
@@ -106,7 +117,7 @@ class Executor(tfx_pusher_executor.Executor):
         serving_path = publish.publish_directory(model_path, base_directory, version, fill=fill)
         logging.info('Pushed SavedModel version %d to %s.', version, serving_path)
 
-        tflite_destination = self._push_tflite(input_dict, custom_config, version)
+        tflite_destination = self._push_tflite(input_dict, parameters, version, model_push)
         model_push.set_int_custom_property(TFLITE_PUSHED_KEY, int(bool(tflite_destination)))
         if tflite_destination:
             model_push.set_string_custom_property(TFLITE_DESTINATION_KEY, tflite_destination)
@@ -118,28 +129,26 @@ class Executor(tfx_pusher_executor.Executor):
     def _push_tflite(
         self,
         input_dict: Dict[str, List[types.Artifact]],
-        custom_config: Dict[str, Any],
+        parameters: spec.PusherParameters,
         version: int,
+        model_push: types.Artifact,
     ) -> str:
-        base = custom_config.get(TFLITE_BASE_DIRECTORY_KEY)
+        base = parameters.tflite_base_directory
         if not base:
             return ''
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
-        src = tflite_dir(model.uri)
-        if not tf.io.gfile.exists(os.path.join(src, publish.TFLITE_FILE)):
-            logging.warning('No TFLite variant in %s: nothing to publish for phones.', src)
+        chosen, why = choose_tflite(_tflite_candidates(input_dict), parameters.min_tflite_agreement)
+        model_push.set_string_custom_property(TFLITE_CHOICE_KEY, why)
+        if chosen is None:
+            logging.warning('TFLite not published: %s.', why)
             return ''
-        threshold = float(custom_config.get(MIN_TFLITE_AGREEMENT_KEY, DEFAULT_MIN_TFLITE_AGREEMENT))
-        agreement = _tflite_agreement(input_dict)
-        if agreement is None or agreement < threshold:
-            logging.warning(
-                'TFLite variant not published: caption agreement with the SavedModel %s < %.3f.',
-                'unknown' if agreement is None else f'{agreement:.3f}',
-                threshold,
-            )
+        src = os.path.join(model.uri, features.TFLITE_MODEL_DIR, chosen['variant'])
+        if not tf.io.gfile.exists(os.path.join(src, features.TFLITE_FILE)):
+            logging.warning('No TFLite file in %s: nothing to publish for phones.', src)
             return ''
         path = publish.publish_directory(src, base, version)
-        logging.info('Pushed TFLite version %d to %s (agreement %.3f).', version, path, agreement)
+        model_push.set_string_custom_property(TFLITE_VARIANT_KEY, chosen['variant'])
+        logging.info('Pushed TFLite version %d to %s: %s.', version, path, why)
         return path
 
 
@@ -155,8 +164,9 @@ def _blessing_reason(input_dict: Dict[str, List[types.Artifact]]) -> str:
     return blessing.get_string_custom_property(features.BLESSING_REASON_PROPERTY) or 'see evaluator'
 
 
-def _tflite_agreement(input_dict: Dict[str, List[types.Artifact]]):
+def _tflite_candidates(input_dict: Dict[str, List[types.Artifact]]) -> List[Dict[str, Any]]:
+    """The evaluator's per-variant TFLite measurements recorded on the blessing."""
     blessing = _blessing(input_dict)
-    if blessing is None or not blessing.has_custom_property(features.TFLITE_AGREEMENT_PROPERTY):
-        return None
-    return float(blessing.get_float_custom_property(features.TFLITE_AGREEMENT_PROPERTY))
+    if blessing is None or not blessing.has_custom_property(features.TFLITE_CANDIDATES_PROPERTY):
+        return []
+    return json.loads(blessing.get_string_custom_property(features.TFLITE_CANDIDATES_PROPERTY))

@@ -5,12 +5,13 @@ fails at `create_pipeline`, not an hour into a run) and declares the channels;
 `executor` does the work.
 """
 
+from typing import Optional
+
 from tfx import types
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import standard_artifacts
 
 from tfx_captioning.components.image_feature_extractor import executor, spec
-from tfx_captioning.models import encoder, image_preprocessing
 
 
 class ImageFeatureExtractor(base_beam_component.BaseBeamComponent):
@@ -26,7 +27,8 @@ class ImageFeatureExtractor(base_beam_component.BaseBeamComponent):
     Example::
 
         extractor = ImageFeatureExtractor(
-            examples=example_gen.outputs['examples'], weights='imagenet')
+            examples=example_gen.outputs['examples'],
+            parameters=ExtractorParameters(weights='imagenet'))
         trainer = Trainer(..., base_model=extractor.outputs['encoder'])
     """
 
@@ -36,36 +38,23 @@ class ImageFeatureExtractor(base_beam_component.BaseBeamComponent):
     def __init__(
         self,
         examples: types.BaseChannel,
-        weights: str = encoder.WEIGHTS_IMAGENET,
-        seed: int = encoder.DEFAULT_SEED,
-        batch_size: int = spec.DEFAULT_BATCH_SIZE,
-        keep_image_bytes: bool = False,
-        max_image_pixels: int = image_preprocessing.MAX_IMAGE_PIXELS,
+        parameters: Optional[spec.ExtractorParameters] = None,
     ):
         """Args:
           examples: Examples with `features.IMAGE_ID_KEY`, `features.IMAGE_KEY`
             and `features.CAPTIONS_KEY` (Flickr8kExampleGen's output).
-          weights: 'imagenet' (Keras cache, ~/.keras/models), 'random' (seeded,
-            demos and tests only), or the path of an HDF5 no-top weights file.
-          seed: seed of 'random' weights.
-          batch_size: images per InceptionV3 call, 1 to 1024.
-          keep_image_bytes: also copy the encoded image to the output examples.
-          max_image_pixels: skip images whose header declares more pixels.
+          parameters: weights ('imagenet', 'random' or an HDF5 file), seed,
+            batch size, whether to keep image bytes, the pixel limit;
+            `spec.ExtractorParameters()` by default.
 
         Raises:
           ValueError: a parameter is invalid.
         """
-        parameters = spec.ExtractorParameters(
-            weights=weights,
-            seed=seed,
-            batch_size=batch_size,
-            keep_image_bytes=keep_image_bytes,
-            max_image_pixels=max_image_pixels,
-        ).validate()
+        parameters = (parameters or spec.ExtractorParameters()).validate()
         component_spec = spec.ImageFeatureExtractorSpec(
             examples=examples,
             feature_examples=types.Channel(type=standard_artifacts.Examples),
             encoder=types.Channel(type=standard_artifacts.Model),
-            **parameters.as_exec_properties(),
+            **parameters.to_exec_properties(),
         )
         super().__init__(spec=component_spec)

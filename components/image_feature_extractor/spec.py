@@ -73,7 +73,7 @@ class ExtractorParameters:
             raise ValueError(f'keep_image_bytes must be a bool, got {self.keep_image_bytes!r}.')
         return self
 
-    def as_exec_properties(self) -> dict:
+    def to_exec_properties(self) -> dict:
         return {
             WEIGHTS_KEY: self.weights,
             SEED_KEY: self.seed,
