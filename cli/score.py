@@ -35,7 +35,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         '--references',
         required=True,
         metavar='REFS.json',
-        help='COCO annotations: {"images": [{"id"}...], "annotations": [{"image_id", "caption"}...]}',
+        help='COCO annotations: {"images": [{"id"}...], '
+        '"annotations": [{"image_id", "caption"}...]}',
     )
     parser.add_argument(
         '--captions',

