@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from tfx_captioning.cli import quiet
+from tfx_captioning.cli import quiet, score
 from tfx_captioning.pipeline import configs
 
 
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         '--model-dir', help='a SavedModel version directory (default: latest push)'
     )
     sub.add_parser('report', help="rebuild the latest run's HTML report and contact sheet")
+    score.add_parser(sub)
     return parser
 
 
@@ -317,7 +318,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     quiet.configure(args.verbose)
-    return {'run': cmd_run, 'caption': cmd_caption, 'report': cmd_report}[args.command](args)
+    return {
+        'run': cmd_run,
+        'caption': cmd_caption,
+        'report': cmd_report,
+        'score': score.run,
+    }[args.command](args)
 
 
 if __name__ == '__main__':

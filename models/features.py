@@ -143,3 +143,7 @@ TFLITE_IMAGE_INPUT = 'image'
 """float32[1, IMAGE_SIZE, IMAGE_SIZE, 3]: RGB resized to 299x299 and scaled to [-1, 1]."""
 TFLITE_TOKEN_IDS_OUTPUT = 'token_ids'
 """int32[1, max_len]: greedy ids, `<end>` included, then `<pad>`."""
+
+# --- The captioning field's metrics (coco-caption toolkit, models/caption_metrics.py) ----
+METRIC_NAMES = ('BLEU-1', 'BLEU-2', 'BLEU-3', 'BLEU-4', 'METEOR', 'ROUGE-L', 'CIDEr-D')
+"""Keys of `caption_metrics.CaptionScorer.score`, as captioning papers name them."""
