@@ -112,10 +112,6 @@ WARMUP_REQUESTS_DIR = 'assets.extra'
 WARMUP_REQUESTS_FILE = 'tf_serving_warmup_requests'
 """TFRecord of `PredictionLog`s, in `WARMUP_REQUESTS_DIR`, replayed when a version is loaded."""
 
-# --- Evaluation ------------------------------------------------------------------------
-METRIC_NAMES = ('BLEU-1', 'BLEU-2', 'BLEU-3', 'BLEU-4', 'METEOR', 'ROUGE-L', 'CIDEr-D')
-"""The coco-caption toolkit's metrics, named as captioning papers report them."""
-
 # --- Model artifact layout, evaluation and push ---------------------------------------
 TFLITE_MODEL_DIR = 'Format-TFLite'
 """Folder of the Trainer's Model artifact holding model.tflite and vocab.txt."""

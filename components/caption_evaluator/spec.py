@@ -69,7 +69,9 @@ class EvaluatorParameters:
         defaults = cls()
         gate_json = exec_properties.get(GATE_KEY)
         return cls(
-            gate=gate_lib.GateConfig.from_dict(json.loads(gate_json)) if gate_json else defaults.gate,
+            gate=gate_lib.GateConfig.from_dict(json.loads(gate_json))
+            if gate_json
+            else defaults.gate,
             tflite_sample_size=int(
                 exec_properties.get(TFLITE_SAMPLE_SIZE_KEY) or defaults.tflite_sample_size
             ),
