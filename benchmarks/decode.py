@@ -1,4 +1,5 @@
-"""Benchmark: in-graph greedy decoding of the exported model vs the tutorial's decoding loop.
+"""Benchmark: in-graph greedy decoding of the exported model vs the seed tutorial's decoding loop
+(docs/architecture.md, "The seed tutorial").
 
     TF_USE_LEGACY_KERAS=1 .venv/bin/python -m benchmarks.decode
     TF_USE_LEGACY_KERAS=1 .venv/bin/python -m benchmarks.decode --vocab-size 3000 --units 512
@@ -8,7 +9,7 @@ On the same weights, in one run, it times:
 * ``caption_from_features`` of the exported SavedModel (written with
   `models.export.save_caption_model` and loaded back with
   `tf.saved_model.load`) for one caption and for a batch of 64;
-* the tutorial's loop: one ``model.predict`` over the whole padded sequence
+* the seed tutorial's loop: one ``model.predict`` over the whole padded sequence
   per emitted token (``np.argmax`` in Python), on the same Keras decoder.
 
 The decoder has the production sizes (3 x GRU(512), embedding 256) and a
@@ -21,7 +22,7 @@ full combined model, but ``caption_from_features`` does not run it.
 
 What bounds the numbers: at batch 1 every token reads every decoder weight once
 (~23 MB in float32 at these sizes), so the in-graph loop is memory-bandwidth
-bound (TF's per-op overhead is ~0.2 ms of a 30-token caption). The tutorial
+bound (TF's per-op overhead is ~0.2 ms of a 30-token caption). The seed tutorial
 re-reads the recurrent weights for every position of every prefix (30 x 30
 GRU steps) and pays `model.predict`'s fixed cost 30 times. On a machine whose
 L3 cache is shared with other busy processes both sides slow down and the
@@ -42,7 +43,7 @@ import tf_keras as keras
 from tfx_captioning.models import decoder, encoder, export, features
 from tfx_captioning.models.hparams import HParams
 
-# Where the tutorial's loop is measured at ~2.1 s per 30-token caption (issue 4).
+# Where the seed tutorial's loop is measured at ~2.1 s per 30-token caption.
 _SINGLE_SPEEDUP_TARGET = 50.0
 
 
@@ -59,7 +60,7 @@ def build_exported_model(
     logits = decoder.DecoderLayers.from_model(decoder_model).logits
     kernel, bias = logits.get_weights()
     # No <end>: every caption runs max_len tokens. No other reserved token
-    # either, so the tutorial's plain argmax picks what greedy_decode picks.
+    # either, so the seed tutorial's plain argmax picks what greedy_decode picks.
     bias[: len(features.RESERVED_TOKENS)] = -1e4
     logits.set_weights([kernel, bias])
 
@@ -83,7 +84,7 @@ def build_exported_model(
 
 
 def tutorial_decode(model: keras.Model, image_features: np.ndarray, max_tokens: int) -> List[int]:
-    """The tutorial's `generate_caption` loop, with its one model.predict per token."""
+    """The seed tutorial's `generate_caption` loop, with its one model.predict per token."""
     decoder_input = np.zeros([1, max_tokens], np.int32)
     token_id = features.START_ID
     output = []

@@ -13,7 +13,7 @@ On the same N generated sample JPEGs, in one run, prints images/second for:
     its artifact) and that fixed cost in seconds;
 (b) one batched Keras `predict` over all images (decoding included): the
     ceiling TensorFlow itself reaches on this CPU;
-(c) one `predict` call per image, the tutorials' habit;
+(c) one `predict` call per image, the habit of tutorials such as the seed tutorial (docs/architecture.md);
 
 then the ratios a/b (target >= 0.9) and a/c (target >= 1.6). Every mode is
 warmed up first (traced functions, oneDNN kernels), and with ``--repeats`` the

@@ -11,7 +11,7 @@ Inference reuses the *same layers* one token at a time: `initial_states` and
 them in a batched `tf.while_loop` that stops each row at ``<end>`` (no Python
 per token, no `py_function`). The loop uses only fixed-shape tensor ops
 (`tf.where` writes, no TensorArray) so the same step converts to TFLite
-builtins. `reference_greedy_decode` is the tutorial's algorithm (the whole
+builtins. `reference_greedy_decode` is the seed tutorial's algorithm (docs/architecture.md) (the whole
 Keras model re-run on the growing prefix per token), kept as the slow,
 obviously-correct reference for tests and the benchmark.
 """
@@ -66,7 +66,7 @@ def build_decoder(hparams: HParams, vocab_size: int) -> keras.Model:
         shape=(features.FEATURE_SIZE,), dtype=tf.float32, name=features.NORMALIZED_FEATURES_KEY
     )
     decoder_input = keras.Input(shape=(None,), dtype=tf.int32, name=features.DECODER_INPUT_KEY)
-    # The tutorial describes this state but never passes it to the GRUs; here
+    # The seed tutorial describes this state but never passes it to the GRUs; here
     # every GRU layer starts from the image.
     state = keras.layers.Dense(hparams.units, activation='tanh', name=INITIAL_STATE_LAYER)(
         image_features
@@ -231,10 +231,10 @@ def ids_to_captions(token_ids: tf.Tensor, length: tf.Tensor, vocabulary: tf.Tens
 def reference_greedy_decode(
     model: keras.Model, normalized_features: np.ndarray, max_len: int
 ) -> np.ndarray:
-    """The tutorial's decoding loop (fixed): re-runs the whole Keras model on the prefix per token.
+    """The seed tutorial's decoding loop (fixed): re-runs the whole Keras model on the prefix per token.
 
     One `model.predict` over the full padded sequence per emitted token, as
-    the tutorial does, but with the image wired into the initial state and the
+    the seed tutorial does, but with the image wired into the initial state and the
     same token choice as `greedy_decode`. Slow by design: the reference for
     tests and the baseline of the benchmark.
 

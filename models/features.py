@@ -79,8 +79,8 @@ MIN_WORD_COUNT = 5
 CAPTION_FILTER_CHARS = '!"#$%&()*+.,-/:;=?@[\\]^_`{|}~\t\n' + '<>'
 """Characters replaced by a space before splitting a caption into words.
 
-The tutorial's Keras `Tokenizer` filters, plus ``<`` and ``>`` so that no
-caption can spell a reserved token (the tutorial kept them only because it
+The seed tutorial's (docs/architecture.md) Keras `Tokenizer` filters, plus ``<`` and ``>`` so that no
+caption can spell a reserved token (the seed tutorial kept them only because it
 wrote ``<start>``/``<end>`` into the caption text; we add those by id).
 """
 

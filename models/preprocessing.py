@@ -35,7 +35,7 @@ _FILTER_PATTERN = '[' + re.escape(features.CAPTION_FILTER_CHARS) + ']'
 
 
 def normalize_caption(captions: tf.Tensor) -> tf.Tensor:
-    """Lowercases, replaces the tutorial's filter punctuation by spaces, collapses whitespace.
+    """Lowercases, replaces the seed tutorial's filter punctuation by spaces, collapses whitespace.
 
     Pure TensorFlow (no Python per element), usable in Transform, in the
     Evaluator and in tests alike.

@@ -31,7 +31,7 @@ _PARSE_BATCH = 128
 def masked_loss(y_true: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Mean sparse cross-entropy over the tokens that are not ``<pad>``.
 
-    The tutorial averaged over padding too, so most of its loss was the easy
+    The seed tutorial (docs/architecture.md) averaged over padding too, so most of its loss was the easy
     task of predicting ``<pad>`` after ``<end>``.
 
     Args:

@@ -116,7 +116,7 @@ def test_transformed_feature_spec(transformed):
     [
         ('A dog runs.', 'a dog runs'),
         ('  Two\tdogs,\n play-fight!! ', 'two dogs play fight'),
-        ("A man's hat", "a man's hat"),  # the tutorial's filters keep apostrophes
+        ("A man's hat", "a man's hat"),  # the seed tutorial's filters keep apostrophes
         ('<start> x <END>', 'start x end'),  # no caption can spell a reserved token
         ('ÉCOLE Ça', 'école ça'),  # UTF-8 lowercasing
         ('?!...', ''),
