@@ -16,6 +16,9 @@ is needed. This is the lowest layer: no TensorFlow.
 import collections
 import contextlib
 import os
+import re
+import sys
+import tempfile
 import threading
 import weakref
 from typing import Dict, Hashable, List, Mapping, Optional, Sequence
@@ -39,7 +42,8 @@ METRIC_NAMES = features.METRIC_NAMES
 #   call (~0.4 s), with the installed package folder as its working directory. FILE is a
 #   NamedTemporaryFile(delete=False) written INTO site-packages/pycocoevalcap/tokenizer/,
 #   so site-packages must be writable; it is removed only after Java ran. The JVM's
-#   stderr is ours: it prints `PTBTokenizer tokenized N tokens ...` on every call. It
+#   stderr is ours: it prints `PTBTokenizer tokenized N tokens ...` on every call
+#   (`_without_tokenizer_chatter` drops that line and passes anything else on). It
 #   lowercases and drops punctuation tokens; an empty caption comes back as ''.
 #   It pairs output lines with image ids by position without counting them, and only
 #   replaces '\n': a '\r' or U+2028 inside a caption is a line end to Java and silently
@@ -107,6 +111,37 @@ class _Meteor(Meteor):
         pass
 
 
+_TOKENIZER_CHATTER = re.compile(
+    rb'^PTBTokenizer tokenized \d+ tokens at [\d.]+ tokens per second\.\s*$'
+)
+
+
+@contextlib.contextmanager
+def _without_tokenizer_chatter():
+    """Drops the Java tokenizer's per-call info line from stderr, passing everything else on.
+
+    The toolkit's Popen lets the JVM inherit this process's stderr (file
+    descriptor 2), so only a redirection of that descriptor can catch it: for
+    the call's duration fd 2 points at a temporary file, whose lines, except
+    the info line, are written back to the real stderr afterwards. The window
+    is one tokenizer call (well under a second).
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured if not _TOKENIZER_CHATTER.match(line)]
+            if kept:
+                os.write(2, b''.join(kept))
+
+
 def _one_line(text: str) -> str:
     return ' '.join(text.splitlines())
 
@@ -120,9 +155,13 @@ def _tokenize(
         RuntimeError: the tokenizer returned fewer lines than it was given (Java failed;
             its message is on stderr).
     """
-    tokenized = tokenizer.tokenize(
-        {image_id: [{'caption': _one_line(t)} for t in items] for image_id, items in texts.items()}
-    )
+    with _without_tokenizer_chatter():
+        tokenized = tokenizer.tokenize(
+            {
+                image_id: [{'caption': _one_line(t)} for t in items]
+                for image_id, items in texts.items()
+            }
+        )
     given = sum(len(items) for items in texts.values())
     returned = sum(len(items) for items in tokenized.values())
     if returned != given or tokenized.keys() != texts.keys():

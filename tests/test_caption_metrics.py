@@ -263,6 +263,7 @@ def test_score_command_prints_the_toolkits_scores_in_process_and_in_a_fresh_one(
     assert len(out.strip().splitlines()) == 1
     assert_same_scores(json.loads(out), expected)
     assert fresh.returncode == 0, fresh_err
+    assert 'PTBTokenizer tokenized' not in fresh_err  # the JVM's info line is dropped
     assert len(fresh_out.strip().splitlines()) == 1
     assert_same_scores(json.loads(fresh_out), expected)
 
