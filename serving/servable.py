@@ -26,6 +26,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from tfx_captioning.models import features, image_files, tf_errors
 from tfx_captioning.serving import protocol
+from tfx_captioning.serving.options import ImageLimits
 
 _SAVED_MODEL_FILE = 'saved_model.pb'
 _INIT_OP_SIGNATURE = '__saved_model_init_op'
@@ -42,26 +43,6 @@ class ServingError(Exception):
         super().__init__(f'{code.name}: {message}')
         self.code = code
         self.message = message
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageLimits:
-    """Limits on each encoded image of the image input, checked on its header only.
-
-    Attributes:
-      max_image_pixels: largest width x height accepted; by default the
-        limit every runtime shares (`features.MAX_IMAGE_PIXELS`), which the
-        serving graph enforces too, so the server refuses early exactly what
-        the model would refuse.
-        A lower value protects a smaller replica.
-    """
-
-    max_image_pixels: int = features.MAX_IMAGE_PIXELS
-
-    def validate(self) -> None:
-        """Raises ValueError if a limit is not positive."""
-        if self.max_image_pixels < 1:
-            raise ValueError(f'max_image_pixels must be >= 1, got {self.max_image_pixels}.')
 
 
 @dataclasses.dataclass(frozen=True)

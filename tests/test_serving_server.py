@@ -25,7 +25,7 @@ from tensorflow_serving.config import file_system_storage_path_source_pb2
 
 from tfx_captioning.models import features
 from tfx_captioning.pipeline import configs
-from tfx_captioning.serving import batching, protocol, servable
+from tfx_captioning.serving import batching, options, protocol, servable
 from tfx_captioning.serving.fixture_model import fixture_serving_images, publish_fixture_version
 
 pytestmark = pytest.mark.timeout(120)
@@ -532,7 +532,7 @@ def test_server_binds_loopback_by_default_and_refuses_a_taken_port(
     from tfx_captioning.serving import server
 
     first = start_caption_server(fixture_model_base_path)
-    assert first.target.startswith(protocol.LOOPBACK_HOST + ':')
-    assert server.ServerOptions().host == protocol.LOOPBACK_HOST
+    assert first.target.startswith(options.LOOPBACK_HOST + ':')
+    assert server.ServerOptions().host == options.LOOPBACK_HOST
     with pytest.raises(RuntimeError, match='cannot bind'):
         start_caption_server(fixture_model_base_path, port=first.port)
