@@ -2,19 +2,28 @@
 
 caption-pipeline run                              # the generated sample data
 caption-pipeline run --data ~/Flickr8k            # the real dataset
-caption-pipeline caption photo.jpg other.png      # the latest pushed model
+caption-pipeline caption photo.jpg holiday/       # the latest pushed model
 caption-pipeline report                           # rebuild build/report/
+
+An expected mistake (a wrong directory, nothing pushed yet, a bad image) ends
+in one line; `--verbose` also shows its traceback.
 """
 
 import argparse
 import json
 import os
 import sys
+import textwrap
 import time
-from typing import Any, Dict, List, Optional
+import traceback
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from tfx_captioning.cli import quiet, score
+from tfx_captioning.models import image_files
 from tfx_captioning.pipeline import configs
+
+CAPTION_BATCH_SIZE = 16
+"""Images per SavedModel call in `caption`: one graph call amortised, bounded memory."""
 
 
 def _positive_int(text: str) -> int:
@@ -101,10 +110,30 @@ def build_parser() -> argparse.ArgumentParser:
         'ship (default 0.95)',
     )
     run.add_argument('--no-cache', action='store_true', help='re-run every component')
-    caption = sub.add_parser('caption', help='caption images with the latest pushed model')
-    caption.add_argument('images', nargs='+')
+    caption = sub.add_parser(
+        'caption',
+        help='caption images with the latest pushed model',
+        description=textwrap.dedent(
+            """\
+            Captions image files and directories in-process with a pushed SavedModel.
+            Each good image gets a `file<TAB>caption` line; each bad one a
+            `file<TAB>error: reason` line on stderr, and the others are still
+            captioned. Exit status: 0 when every image got a caption, 1 when any
+            did not, 2 for a usage error or no usable model."""
+        ),
+        epilog=image_files.describe_accepted(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    caption.add_argument('images', nargs='+', metavar='IMAGE', help='image files or directories')
     caption.add_argument(
-        '--model-dir', help='a SavedModel version directory (default: latest push)'
+        '--model-dir',
+        help='a SavedModel version directory, e.g. build/serving/captioner/3 '
+        '(default: the latest push of --output)',
+    )
+    caption.add_argument(
+        '--json',
+        action='store_true',
+        help='print one JSON object per file: {"file", "caption"} or {"file", "error"}',
     )
     sub.add_parser('report', help="rebuild the latest run's HTML report and contact sheet")
     score.add_parser(sub)
@@ -258,13 +287,138 @@ def _print_sample_captions(store, model_dir: str, count: int = 3) -> None:
 
 def caption_bytes(model_dir: str, images: List[bytes]) -> List[str]:
     """Captions encoded images with a SavedModel version directory, in-process."""
+    return _caption_batch(_serving_signature(model_dir), images)
+
+
+def _serving_signature(model_dir: str):
     import tensorflow as tf
 
     from tfx_captioning.models import features
 
-    signature = tf.saved_model.load(model_dir).signatures[features.SERVING_SIGNATURE]
+    return tf.saved_model.load(model_dir).signatures[features.SERVING_SIGNATURE]
+
+
+def _caption_batch(signature, images: List[bytes]) -> List[str]:
+    import tensorflow as tf
+
+    from tfx_captioning.models import features
+
     out = signature(**{features.IMAGE_BYTES_INPUT: tf.constant(images)})
     return [c.decode('utf-8') for c in out[features.CAPTION_OUTPUT].numpy()]
+
+
+class ModelDirError(ValueError):
+    """`--model-dir` (or the latest push) is not a SavedModel version directory of a captioner."""
+
+
+def load_caption_signature(model_dir: str):
+    """The captioning signature of a pushed SavedModel version directory.
+
+    Raises:
+      ModelDirError: naming what is wrong: a missing path, a model base path
+        instead of one of its versions, a directory without `saved_model.pb`,
+        a SavedModel that does not load or has no image captioning signature.
+    """
+    from tfx_captioning.models import features
+
+    example = f'{features.DEFAULT_MODEL_BASE_PATH}/<version>'
+    if not os.path.exists(model_dir):
+        raise ModelDirError(f'{model_dir} does not exist.')
+    if not os.path.isdir(model_dir):
+        raise ModelDirError(
+            f'{model_dir} is a file, not a SavedModel version directory ({example}).'
+        )
+    if not os.path.isfile(os.path.join(model_dir, 'saved_model.pb')):
+        versions = sorted(
+            int(name)
+            for name in os.listdir(model_dir)
+            if name.isdigit() and os.path.isfile(os.path.join(model_dir, name, 'saved_model.pb'))
+        )
+        if versions:
+            raise ModelDirError(
+                f'{model_dir} holds model versions {", ".join(map(str, versions))}: give one, '
+                f'e.g. --model-dir {os.path.join(model_dir, str(versions[-1]))}'
+            )
+        raise ModelDirError(
+            f'{model_dir} has no saved_model.pb: not a SavedModel version directory ({example}).'
+        )
+    import tensorflow as tf
+
+    try:
+        signatures = tf.saved_model.load(model_dir).signatures
+    except Exception as error:  # TF raises several types for a damaged SavedModel.
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ModelDirError(
+            f'could not load the SavedModel in {model_dir}: {first_line}'
+        ) from error
+    signature = signatures.get(features.SERVING_SIGNATURE)
+    if (
+        signature is None
+        or features.IMAGE_BYTES_INPUT not in signature.structured_input_signature[1]
+    ):
+        raise ModelDirError(
+            f'{model_dir} has no {features.SERVING_SIGNATURE!r} signature taking '
+            f'{features.IMAGE_BYTES_INPUT!r}: not a captioning model pushed by this pipeline.'
+        )
+    return signature
+
+
+def _caption_or_isolate(
+    signature, images: List[bytes]
+) -> List[Tuple[Optional[str], Optional[str]]]:
+    """(caption, None) or (None, reason) per image: one call, or one per image if it fails.
+
+    The graph refuses the whole batch for one image it cannot decode (a
+    truncated file whose header is intact), so a failed batch is rerun
+    image by image to caption the others and name the bad one.
+    """
+    import tensorflow as tf
+
+    from tfx_captioning.models import tf_errors
+
+    if not images:
+        return []
+    try:
+        return [(caption, None) for caption in _caption_batch(signature, images)]
+    except tf.errors.InvalidArgumentError as error:
+        if len(images) == 1:
+            reason = tf_errors.clean_tf_error_message(error.message)
+            return [(None, f'{image_files.NOT_DECODABLE}: {reason}')]
+    return [_caption_or_isolate(signature, [image])[0] for image in images]
+
+
+def caption_files(
+    signature, paths: List[str], batch_size: int = CAPTION_BATCH_SIZE, verbose: bool = False
+) -> Iterator[image_files.CaptionResult]:
+    """Captions every image of `paths` (files and directories), in order, `batch_size` a call.
+
+    Each file is checked first as every runtime checks it
+    (`image_files.read_image_file`), so only images the graph may decode reach
+    it; the rest get their one-line reason.
+    """
+    files = image_files.list_image_files(paths)
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        readable: Dict[int, bytes] = {}
+        errors: Dict[int, str] = {}
+        for index, path in enumerate(chunk):
+            try:
+                readable[index] = image_files.read_image_file(path)
+            except image_files.ImageError as error:
+                if verbose:
+                    traceback.print_exc()
+                errors[index] = str(error)
+        outcomes = dict(zip(readable, _caption_or_isolate(signature, list(readable.values()))))
+        for index, path in enumerate(chunk):
+            caption, error = outcomes.get(index, (None, errors.get(index)))
+            yield image_files.CaptionResult(path, caption=caption, error=error)
+
+
+def _error(args: argparse.Namespace, message: str) -> None:
+    """Prints one line; with --verbose also the traceback of the exception being handled."""
+    if args.verbose and sys.exc_info()[0] is not None:
+        traceback.print_exc()
+    print(f'error: {message}', file=sys.stderr)
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
@@ -278,29 +432,19 @@ def cmd_caption(args: argparse.Namespace) -> int:
                 'saved_model'
             )
         except FileNotFoundError as e:
-            print(f'error: {e}', file=sys.stderr)
+            _error(args, str(e))
             return 2
         if not model_dir:
-            print(
-                'error: no model has been pushed yet: run `caption-pipeline run`.', file=sys.stderr
-            )
-            return 2
-    images = []
-    for path in args.images:
-        try:
-            with open(path, 'rb') as f:
-                images.append(f.read())
-        except OSError as e:
-            print(f'error: {e}', file=sys.stderr)
+            _error(args, 'no model has been pushed yet: run `caption-pipeline run`.')
             return 2
     try:
-        captions = caption_bytes(model_dir, images)
-    except Exception as e:  # TensorFlow raises InvalidArgumentError for undecodable images
-        print(f'error: could not caption: {str(e).splitlines()[0]}', file=sys.stderr)
-        return 1
-    for path, caption in zip(args.images, captions):
-        print(f'{path}\t{caption}')
-    return 0
+        signature = load_caption_signature(model_dir)
+    except ModelDirError as e:
+        what = '--model-dir' if args.model_dir else 'the latest pushed model'
+        _error(args, f'{what}: {e}')
+        return 2
+    results = caption_files(signature, args.images, verbose=args.verbose)
+    return image_files.write_results(results, args.json)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -309,7 +453,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         built = report_lib.build_report(configs.LocalPaths(os.path.abspath(args.output)))
     except FileNotFoundError as e:
-        print(f'error: {e}', file=sys.stderr)
+        _error(args, str(e))
         return 2
     print(f'Report: {built["html"]}\nContact sheet: {built["contact_sheet"]}')
     return 0

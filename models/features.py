@@ -23,6 +23,22 @@ FEATURE_SIZE = 2048
 IMAGE_SIZE = 299
 """InceptionV3 input height and width in pixels."""
 
+# --- Encoded images every runtime accepts (models/image_files.py checks them) ----------
+IMAGE_FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP')
+"""The formats `tf.io.decode_image` decodes: the SavedModel's graph, the local
+server, the TFLite runner and the ExampleGen all accept exactly these (a GIF
+by its first frame)."""
+IMAGE_FILE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+"""File name endings (any case) the caption commands pick up in a directory."""
+MAX_IMAGE_PIXELS = 40_000_000
+"""Largest width x height any runtime accepts, read from the header before decoding.
+
+40 megapixels, far above any Flickr photo (about 0.2 MP). At the limit,
+decoding takes 120 MB as uint8 and 480 MB as float32 before the resize, which
+one serving replica can afford; a 20000x20000 "decompression bomb" (400 MP)
+is refused before anything allocates its pixels.
+"""
+
 # --- Splits --------------------------------------------------------------------
 TRAIN_SPLIT = 'train'
 EVAL_SPLIT = 'eval'

@@ -15,9 +15,12 @@ What it accepts:
 What it rejects, with `tf.errors.InvalidArgumentError`:
 
 * Empty input or bytes that are none of the four formats.
-* Images whose header declares more than `max_pixels` pixels (or zero). The
+* Images whose header declares more than `max_pixels` pixels (or zero); by
+  default `features.MAX_IMAGE_PIXELS`, the limit every runtime shares. The
   width and height are read from the header with string ops **before** any
   decoding, so a 20000x20000 image (1.2 GB of RGB) never allocates its pixels.
+  `models.image_files` reads the same fields without TensorFlow for the
+  runtimes that check before calling the graph.
 * Anything the decoders refuse: truncated or corrupt files, 1/4-bit BMPs.
 
 Pixels are then resized to `features.IMAGE_SIZE` square (bilinear, with
@@ -27,14 +30,7 @@ trained (`tf.keras.applications.inception_v3.preprocess_input`), not `x / 255.`.
 
 import tensorflow as tf
 
-from tfx_captioning.models import features
-
-MAX_IMAGE_PIXELS = 40_000_000
-"""Default size limit: 40 megapixels, far above any Flickr photo (about 0.2 MP).
-
-At the limit, decoding takes 120 MB as uint8 and 480 MB as float32 before the
-resize, which one serving replica can afford; 20000x20000 (400 MP) it cannot.
-"""
+from tfx_captioning.models import features, image_files
 
 # Format codes returned by `image_format`.
 FORMAT_UNKNOWN = 0
@@ -43,12 +39,8 @@ FORMAT_PNG = 2
 FORMAT_GIF = 3
 FORMAT_BMP = 4
 
-# The same magic-byte prefixes `tf.io.decode_image` dispatches on, so a format
-# recognised here is exactly one that the decoder will try.
-_JPEG_MAGIC = b'\xff\xd8\xff'
-_PNG_MAGIC = b'\x89PN'
-_GIF_MAGIC = b'GIF'
-_BMP_MAGIC = b'BM'
+# `image_files.MAGIC_BYTES` are the prefixes `tf.io.decode_image` dispatches on,
+# so a format recognised here is exactly one that the decoder will try.
 
 # Every header field read below lies in the first 50 bytes. Appending this many
 # zero bytes lets `tf.strings.substr` read any field of a short (truncated)
@@ -56,7 +48,6 @@ _BMP_MAGIC = b'BM'
 _HEADER_PADDING = b'\x00' * 64
 
 _BMP_PALETTE_BITS = 8
-_BMP_CORE_HEADER_SIZE = 12
 
 
 def _as_scalar_string(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -102,10 +93,10 @@ def image_format(image_bytes: tf.Tensor) -> tf.Tensor:
     head2 = tf.strings.substr(image_bytes, 0, 2)
     code = tf.constant(FORMAT_UNKNOWN)
     # Checked in the reverse of decode_image's order so that its first match wins.
-    code = tf.where(tf.equal(head2, _BMP_MAGIC), FORMAT_BMP, code)
-    code = tf.where(tf.equal(head3, _GIF_MAGIC), FORMAT_GIF, code)
-    code = tf.where(tf.equal(head3, _PNG_MAGIC), FORMAT_PNG, code)
-    code = tf.where(tf.equal(head3, _JPEG_MAGIC), FORMAT_JPEG, code)
+    code = tf.where(tf.equal(head2, image_files.BMP_MAGIC), FORMAT_BMP, code)
+    code = tf.where(tf.equal(head3, image_files.GIF_MAGIC), FORMAT_GIF, code)
+    code = tf.where(tf.equal(head3, image_files.PNG_MAGIC), FORMAT_PNG, code)
+    code = tf.where(tf.equal(head3, image_files.JPEG_MAGIC), FORMAT_JPEG, code)
     return code
 
 
@@ -167,7 +158,7 @@ def image_dimensions(image_bytes: tf.Tensor) -> tf.Tensor:
                 _to_signed_int32(_read_uint(padded, 18, 4, little_endian=True)),
             ]
         )
-        return tf.where(tf.equal(header_size, _BMP_CORE_HEADER_SIZE), core, info)
+        return tf.where(tf.equal(header_size, image_files.BMP_CORE_HEADER_SIZE), core, info)
 
     def unknown():
         return tf.constant([-1, -1], dtype=tf.int64)
@@ -193,7 +184,7 @@ def _assert_acceptable(image_bytes: tf.Tensor, max_pixels: int) -> tf.Operation:
     return tf.group(
         tf.debugging.Assert(
             known,
-            ['Unknown image format: expected JPEG, PNG, GIF or BMP bytes.'],
+            [f'Unknown image format: expected {", ".join(features.IMAGE_FORMATS)} bytes.'],
         ),
         tf.debugging.Assert(
             sane,
@@ -223,7 +214,7 @@ def _decode_palette_bmp(image_bytes: tf.Tensor) -> tf.Tensor:
     return tf.gather(rgb_table, tf.cast(indices[:, :, 0], tf.int32))
 
 
-def decode_image(image_bytes: tf.Tensor, max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
+def decode_image(image_bytes: tf.Tensor, max_pixels: int = features.MAX_IMAGE_PIXELS) -> tf.Tensor:
     """Decodes one encoded image (JPEG, PNG, GIF first frame, BMP) to RGB.
 
     Args:
@@ -269,7 +260,9 @@ def resize_and_scale(image: tf.Tensor) -> tf.Tensor:
     return image / 127.5 - 1.0
 
 
-def preprocess_image(image_bytes: tf.Tensor, max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
+def preprocess_image(
+    image_bytes: tf.Tensor, max_pixels: int = features.MAX_IMAGE_PIXELS
+) -> tf.Tensor:
     """One encoded image (scalar string) -> float32 [IMAGE_SIZE, IMAGE_SIZE, 3] in [-1, 1].
 
     Args:
@@ -282,7 +275,9 @@ def preprocess_image(image_bytes: tf.Tensor, max_pixels: int = MAX_IMAGE_PIXELS)
     return resize_and_scale(decode_image(image_bytes, max_pixels))
 
 
-def preprocess_batch(image_bytes: tf.Tensor, max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
+def preprocess_batch(
+    image_bytes: tf.Tensor, max_pixels: int = features.MAX_IMAGE_PIXELS
+) -> tf.Tensor:
     """Encoded images string [N] -> float32 [N, IMAGE_SIZE, IMAGE_SIZE, 3] in [-1, 1].
 
     Each image goes through `preprocess_image`, so a batch gives exactly the

@@ -1,10 +1,17 @@
 """On-device captioning with the standalone TFLite runtime (`ai-edge-litert`).
 
 Imports neither TensorFlow nor any project module that does (`features` holds
-constants only): this is what a phone or an edge box runs; `caption-tflite`
-(`serving/tflite_cli.py`) is its command line. The model (`model.tflite`) takes one RGB image
-resized to 299x299 and scaled to [-1, 1] (`load_image` does it with Pillow)
-and returns the greedy token ids; `vocab.txt` beside it maps ids to words.
+constants only, `image_files` reads headers in plain Python): this is what a
+phone or an edge box runs; `caption-tflite` (`serving/tflite_cli.py`) is its
+command line. The model (`model.tflite`) takes one RGB image resized to
+299x299 and scaled to [-1, 1] (`load_image` does it with Pillow) and returns
+the greedy token ids; `vocab.txt` beside it maps ids to words.
+
+`load_image` accepts exactly what the SavedModel accepts: the formats of
+`features.IMAGE_FORMATS` up to `features.MAX_IMAGE_PIXELS`, checked on the
+header by `image_files.check_image` before Pillow decodes anything, so a
+decompression bomb is an `ImageError` ("too many pixels: ..."), not a
+Pillow `DecompressionBombError` or an out-of-memory.
 """
 
 import io
@@ -15,22 +22,38 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
-from tfx_captioning.models import features  # constants only: no TensorFlow
+from tfx_captioning.models import features, image_files  # no TensorFlow in either
 
 
-def load_image(image: Union[str, bytes]) -> np.ndarray:
+def load_image(image: Union[str, bytes], max_pixels: int = features.MAX_IMAGE_PIXELS) -> np.ndarray:
     """A path or encoded bytes -> float32 [1, 299, 299, 3] in [-1, 1].
 
     Pillow's bilinear resize filters over the whole source footprint when
     shrinking, as TensorFlow's `resize(..., antialias=True)` does in the
     exported SavedModel, so both see nearly the same pixels.
+
+    Args:
+      image: an image file path or the encoded bytes.
+      max_pixels: the largest width x height accepted, checked on the header.
+
+    Raises:
+      image_files.ImageError: (a ValueError) with a one-line reason: an
+        unreadable file, a format not in `features.IMAGE_FORMATS`, too many
+        pixels, or data Pillow cannot decode (a truncated file).
     """
-    data = image if isinstance(image, bytes) else open(image, 'rb').read()
-    with Image.open(io.BytesIO(data)) as img:
-        img.seek(0)  # first frame of a GIF
-        rgb = img.convert('RGB').resize(
-            (features.IMAGE_SIZE, features.IMAGE_SIZE), Image.Resampling.BILINEAR
-        )
+    if isinstance(image, bytes):
+        data = image
+        image_files.check_image(data, max_pixels)
+    else:
+        data = image_files.read_image_file(image, max_pixels)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.seek(0)  # first frame of a GIF
+            rgb = img.convert('RGB').resize(
+                (features.IMAGE_SIZE, features.IMAGE_SIZE), Image.Resampling.BILINEAR
+            )
+    except Exception as error:  # Pillow raises many types for bad data.
+        raise image_files.ImageError(image_files.NOT_DECODABLE, str(error)) from error
     pixels = np.asarray(rgb, dtype=np.float32)
     return (pixels / 127.5 - 1.0)[None]
 

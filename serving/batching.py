@@ -20,7 +20,6 @@ TF Serving (`--enable_batching --batching_parameters_file`).
 
 import collections
 import contextlib
-import dataclasses
 import logging
 import queue
 import threading
@@ -29,56 +28,9 @@ from typing import Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
-from google.protobuf import message
 
 from tfx_captioning.serving import servable as servable_lib
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchingOptions:
-    """How concurrent requests are merged.
-
-    Attributes:
-      max_batch_size: most rows (images) in one model call.
-      batch_timeout_s: longest a batch waits for more tasks after its first.
-      max_enqueued_batches: queue bound, in batches of `max_batch_size` rows;
-        beyond it a request is refused with UNAVAILABLE, as TF Serving does,
-        so overload sheds load instead of growing latency without bound.
-      num_batch_threads: batches run in parallel.
-    """
-
-    max_batch_size: int = 8
-    batch_timeout_s: float = 0.002
-    max_enqueued_batches: int = 100
-    num_batch_threads: int = 1
-
-    def validate(self) -> None:
-        """Raises ValueError for an option out of range."""
-        if self.max_batch_size < 1:
-            raise ValueError(f'max_batch_size must be >= 1, got {self.max_batch_size}.')
-        if self.batch_timeout_s < 0:
-            raise ValueError(f'batch_timeout_s must be >= 0, got {self.batch_timeout_s}.')
-        if self.max_enqueued_batches < 1:
-            raise ValueError(f'max_enqueued_batches must be >= 1, got {self.max_enqueued_batches}.')
-        if self.num_batch_threads < 1:
-            raise ValueError(f'num_batch_threads must be >= 1, got {self.num_batch_threads}.')
-
-    @classmethod
-    def from_batching_parameters(cls, parameters: message.Message) -> 'BatchingOptions':
-        """Reads a `tensorflow.serving.BatchingParameters` proto; unset fields keep our defaults."""
-        defaults = cls()
-
-        def field(name: str, default):
-            return getattr(parameters, name).value if parameters.HasField(name) else default
-
-        options = cls(
-            max_batch_size=int(field('max_batch_size', defaults.max_batch_size)),
-            batch_timeout_s=field('batch_timeout_micros', defaults.batch_timeout_s * 1e6) / 1e6,
-            max_enqueued_batches=int(field('max_enqueued_batches', defaults.max_enqueued_batches)),
-            num_batch_threads=int(field('num_batch_threads', defaults.num_batch_threads)),
-        )
-        options.validate()
-        return options
+from tfx_captioning.serving.options import BatchingOptions
 
 
 class _Task:

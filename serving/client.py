@@ -35,9 +35,7 @@ from tensorflow_serving.apis import (
 
 from tfx_captioning.models import features
 from tfx_captioning.serving import protocol
-
-DEFAULT_TARGET = f'localhost:{protocol.GRPC_PORT}'
-
+from tfx_captioning.serving.options import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET
 
 _Response = TypeVar('_Response')
 
@@ -185,7 +183,7 @@ class CaptionClient:
         *,
         timeout_s: float = 10.0,
         retry: Optional[RetryPolicy] = None,
-        max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         sleep: Callable[[float], None] = time.sleep,
     ):
         """Opens a channel (lazily: nothing connects until the first call).

@@ -17,15 +17,17 @@ import sys
 from typing import List, Optional
 
 from tfx_captioning.models import features
-from tfx_captioning.serving import client as client_lib
+from tfx_captioning.serving import options
 
 
 def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog='caption-client', description='Caption images with the served captioning model.'
     )
-    parser.add_argument('images', nargs='*', help='image files (JPEG, PNG, GIF, BMP)')
-    parser.add_argument('--server', default=client_lib.DEFAULT_TARGET, help='host:port')
+    parser.add_argument(
+        'images', nargs='*', help=f'image files ({", ".join(features.IMAGE_FORMATS)})'
+    )
+    parser.add_argument('--server', default=options.DEFAULT_TARGET, help='host:port')
     parser.add_argument('--model', default=features.MODEL_NAME, help='served model name')
     versions = parser.add_mutually_exclusive_group()
     versions.add_argument('--version', type=int, default=None, help='a specific model version')
@@ -56,6 +58,8 @@ def _read_images(paths: List[str]) -> List[bytes]:
 
 def _run(args: argparse.Namespace) -> None:
     """Performs the requested call and prints the result."""
+    from tfx_captioning.serving import client as client_lib
+
     retry = client_lib.RetryPolicy(max_attempts=args.retries + 1)
     version_choice = {'version': args.version, 'version_label': args.version_label}
     with client_lib.CaptionClient(
@@ -106,6 +110,10 @@ def _run(args: argparse.Namespace) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     """Runs the CLI. Returns the process exit status (0 ok, 1 server error, 2 local error)."""
     args = _parse_args(argv)
+    # Imported after parsing: TensorFlow (behind the gRPC protos) would make
+    # `--help` and usage errors slow.
+    from tfx_captioning.serving import client as client_lib
+
     try:
         _run(args)
     except client_lib.CaptionClientError as error:

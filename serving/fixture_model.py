@@ -1,10 +1,12 @@
-"""A tiny SavedModel with the exported captioner's exact contract, for serving tests and benchmarks.
+"""Tiny models with the exported captioner's exact contracts, for serving tests and benchmarks.
 
-It is NOT the real captioner (that comes from the Trainer): it names an image's
-mean colour ("a red picture"), decoding with the real
+They are NOT the real captioner (that comes from the Trainer): they name an
+image's mean colour ("a red picture"). The SavedModel decodes with the real
 `models.image_preprocessing.preprocess_batch`, with the same signatures,
-input/output names, dtypes, shapes and warmup file. Serving code can be tested
-and benchmarked with it without training anything.
+input/output names, dtypes, shapes and warmup file; the TFLite model has the
+on-device contract (`model.tflite` + `vocab.txt`, one preprocessed image in,
+token ids out). Serving code can be tested and benchmarked with them without
+training anything.
 """
 
 import io
@@ -126,6 +128,67 @@ def build_fixture_caption_model(export_dir: str, noun: str = 'picture') -> str:
         )
         writer.write(log.SerializeToString())
     return export_dir
+
+
+def build_fixture_tflite_model(export_dir: str, noun: str = 'picture') -> str:
+    """Writes a TEST FIXTURE `model.tflite` and `vocab.txt` captioning by mean colour.
+
+    The on-device contract of the Trainer's TFLite variants: signature
+    `features.TFLITE_SIGNATURE` takes `features.TFLITE_IMAGE_INPUT` float32
+    [1, 299, 299, 3] in [-1, 1] and returns `features.TFLITE_TOKEN_IDS_OUTPUT`
+    int32 [1, MAX_LEN]; `vocab.txt` maps the ids to the words of
+    `build_fixture_caption_model`, so both captions agree.
+
+    Returns:
+      The path of model.tflite.
+    """
+    import tensorflow as tf
+
+    from tfx_captioning.models import features
+
+    reserved = list(features.RESERVED_TOKENS)
+    words = reserved + ['a'] + [name for name, _ in FIXTURE_MODEL_COLOURS] + [noun]
+    a_id = len(reserved)
+    noun_id = a_id + 1 + len(FIXTURE_MODEL_COLOURS)
+    end_id = reserved.index(features.END_TOKEN)
+    palette = tf.constant(
+        [[channel / 127.5 - 1.0 for channel in rgb] for _, rgb in FIXTURE_MODEL_COLOURS]
+    )
+
+    class FixtureTFLiteCaptioner(tf.Module):
+        """TEST FIXTURE: mean-colour token ids with the TFLite variant's signature."""
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec(
+                    [1, features.IMAGE_SIZE, features.IMAGE_SIZE, 3],
+                    tf.float32,
+                    name=features.TFLITE_IMAGE_INPUT,
+                )
+            ]
+        )
+        def serve(self, image):
+            colour = tf.reduce_mean(image, axis=[1, 2])
+            distances = tf.reduce_sum(tf.square(colour[:, None, :] - palette[None]), axis=-1)
+            colour_id = a_id + 1 + tf.argmin(distances, axis=1, output_type=tf.int32)
+            ids = tf.stack(
+                [tf.fill([1], a_id), colour_id, tf.fill([1], noun_id), tf.fill([1], end_id)], axis=1
+            )
+            return {
+                features.TFLITE_TOKEN_IDS_OUTPUT: tf.pad(ids, [[0, 0], [0, features.MAX_LEN - 4]])
+            }
+
+    module = FixtureTFLiteCaptioner()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.serve.get_concrete_function()], module
+    )
+    os.makedirs(export_dir, exist_ok=True)
+    model_path = os.path.join(export_dir, features.TFLITE_FILE)
+    with open(model_path, 'wb') as model_file:
+        model_file.write(converter.convert())
+    with open(os.path.join(export_dir, features.TFLITE_VOCAB_FILE), 'w', encoding='utf-8') as f:
+        f.write('\n'.join(words) + '\n')
+    return model_path
 
 
 def publish_fixture_version(model_dir: str, base_path: str, version: int) -> str:

@@ -2,7 +2,8 @@
 
 Shared by the client (`serving.client`), the local stand-in server
 (`serving.server`), the deployment files' tests and the benchmark, so that
-ports, the metadata field name and the `TensorProto` encoding are spelled once.
+the metadata field name and the `TensorProto` encoding are spelled once
+(ports and limits, needed without TensorFlow, are in `serving.options`).
 Model-specific names (signatures, inputs, outputs) live in `models.features`.
 """
 
@@ -14,20 +15,8 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import model_pb2
 
-GRPC_PORT = 8500
-"""TF Serving's default gRPC port (`--port`)."""
-
-REST_PORT = 8501
-"""TF Serving's default REST port (`--rest_api_port`)."""
-
-LOOPBACK_HOST = '127.0.0.1'
-"""The stand-in server binds here by default: it is a development tool, not a public service."""
-
 SIGNATURE_DEF_FIELD = 'signature_def'
 """The only `GetModelMetadataRequest.metadata_field` TF Serving supports."""
-
-DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
-"""Default gRPC message limit for both ends: a few dozen photos per request, not unbounded."""
 
 # TF error codes are numbered exactly like gRPC status codes (both come from
 # the same canonical code space), so one table converts in both directions.

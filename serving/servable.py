@@ -13,23 +13,20 @@ with the real TF Serving (see `serving/deploy/`).
 """
 
 import dataclasses
-import io
 import logging
 import os
-import re
-import warnings
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from tfx_captioning.models import features, image_preprocessing
+from tfx_captioning.models import features, image_files, tf_errors
 from tfx_captioning.serving import protocol
+from tfx_captioning.serving.options import ImageLimits
 
 _SAVED_MODEL_FILE = 'saved_model.pb'
 _INIT_OP_SIGNATURE = '__saved_model_init_op'
@@ -37,9 +34,6 @@ _INIT_OP_SIGNATURE = '__saved_model_init_op'
 
 MAX_WARMUP_RECORDS = 1000
 """TF Serving replays at most this many warmup records; so does the stand-in."""
-
-_DECODABLE_IMAGE_FORMATS = frozenset({'JPEG', 'MPO', 'PNG', 'GIF', 'BMP'})
-"""PIL's names for what the serving graph decodes (MPO: a multi-picture camera JPEG)."""
 
 
 class ServingError(Exception):
@@ -49,25 +43,6 @@ class ServingError(Exception):
         super().__init__(f'{code.name}: {message}')
         self.code = code
         self.message = message
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageLimits:
-    """Limits on each encoded image of the image input, checked on its header only.
-
-    Attributes:
-      max_image_pixels: largest width x height accepted; by default the
-        serving graph's own limit (`image_preprocessing.MAX_IMAGE_PIXELS`),
-        so the server refuses early exactly what the model would refuse.
-        A lower value protects a smaller replica.
-    """
-
-    max_image_pixels: int = image_preprocessing.MAX_IMAGE_PIXELS
-
-    def validate(self) -> None:
-        """Raises ValueError if a limit is not positive."""
-        if self.max_image_pixels < 1:
-            raise ValueError(f'max_image_pixels must be >= 1, got {self.max_image_pixels}.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,80 +59,23 @@ class PreparedInputs:
     rows: Optional[int]
 
 
-def read_image_header(data: bytes) -> Tuple[str, int, int]:
-    """Reads an encoded image's format, width and height from its header.
-
-    PIL parses only the header in `Image.open` (pixels are decoded lazily), so
-    this costs about 0.1 ms even for a huge image. The serving graph checks
-    the same header again with `image_preprocessing.image_dimensions` before
-    it decodes; running that TF function here instead would cost about ten
-    times more per request, and this early check exists to be cheap: it
-    answers bad images before they reach the model or a merged batch.
-
-    Args:
-      data: the encoded image.
-
-    Returns:
-      (format, width, height), format as PIL names it ('JPEG', 'PNG', ...).
-
-    Raises:
-      ValueError: the bytes are not an image PIL recognises.
-    """
-    with warnings.catch_warnings():
-        # The dimension limit below is ours; PIL's bomb warning would only be noise.
-        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                return image.format or '', image.width, image.height
-        except Image.DecompressionBombError as error:
-            # PIL refuses absurd sizes even at header time; report them as too large.
-            raise ValueError(f'image is far too large ({error}).') from error
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ValueError('bytes are not a decodable image (unknown format).') from error
-
-
 def check_image(data: bytes, limits: ImageLimits) -> None:
     """Refuses an encoded image the serving graph cannot or should not decode.
 
+    The shared header check (`models.image_files.check_image`): the same
+    formats and the same kind of limit as the graph, read in plain Python in
+    microseconds, so bad images are answered before they reach the model or
+    a merged batch.
+
     Raises:
-      ServingError: INVALID_ARGUMENT for a non-image, a format `tf.io.decode_image`
-        cannot decode, or more pixels than `limits.max_image_pixels`.
+      ServingError: INVALID_ARGUMENT, with the one-line reason every runtime
+        gives: empty, an unsupported format, a header cut short, or more
+        pixels than `limits.max_image_pixels`.
     """
-    if not data:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, 'an image is empty (0 bytes).')
     try:
-        image_format, width, height = read_image_header(data)
-    except ValueError as error:
+        image_files.check_image(data, limits.max_image_pixels)
+    except image_files.ImageError as error:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
-    if image_format not in _DECODABLE_IMAGE_FORMATS:
-        raise ServingError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f'image format {image_format or "unknown"} is not supported; '
-            f'send one of {sorted(_DECODABLE_IMAGE_FORMATS)}.',
-        )
-    if width * height > limits.max_image_pixels:
-        raise ServingError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f'image is {width}x{height} = {width * height} pixels, more than the limit of '
-            f'{limits.max_image_pixels}; resize it before sending.',
-        )
-
-
-_TF_NOISE_LINE = re.compile(
-    r'^(Graph execution error:|Detected at node|<stack traces unavailable>|\s*\[\[|\s*$)'
-)
-_TF_OP_SUFFIX = re.compile(r'\s*\[Op:[^\]]*\]\s*$')
-
-
-def clean_tf_error_message(message: str) -> str:
-    """Keeps the human part of a TF runtime error ('Unknown image file format...').
-
-    TF prefixes graph errors with node names and stack-trace placeholders that
-    mean nothing to a client.
-    """
-    lines = [line for line in message.splitlines() if not _TF_NOISE_LINE.match(line)]
-    text = ' '.join(line.strip() for line in lines) or message.strip()
-    return _TF_OP_SUFFIX.sub('', text)
 
 
 def read_signature_defs(path: str) -> Dict[str, meta_graph_pb2.SignatureDef]:
@@ -354,7 +272,7 @@ class Servable:
         except tf.errors.OpError as error:
             raise ServingError(
                 protocol.grpc_code_from_number(error.error_code),
-                clean_tf_error_message(error.message),
+                tf_errors.clean_tf_error_message(error.message),
             ) from error
         return {key: outputs[key].numpy() for key in output_keys}
 

@@ -22,7 +22,6 @@ Pusher's output are exercised exactly as production uses them:
 """
 
 import contextlib
-import dataclasses
 import logging
 import time
 from concurrent import futures
@@ -43,58 +42,7 @@ from tfx_captioning.models import features
 from tfx_captioning.serving import batching as batching_lib
 from tfx_captioning.serving import model_manager, protocol
 from tfx_captioning.serving import servable as servable_lib
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerOptions:
-    """Network, limit and batching settings of the stand-in server.
-
-    Attributes:
-      host: interface to bind; loopback by default because this is a
-        development server with no authentication.
-      port: gRPC port; 0 picks a free one (read it from `CaptionServer.port`).
-      max_message_bytes: largest request or response; bigger requests get
-        RESOURCE_EXHAUSTED from gRPC before any of our code runs.
-      request_timeout_s: the most time a request may take on the server; a
-        shorter client deadline wins. A model call already running is not
-        interrupted (TensorFlow cannot preempt it); the deadline is enforced
-        before it starts and while it waits for a batch.
-      poll_interval_s: how often the base path is rescanned for versions
-        (TF Serving's `--file_system_poll_wait_seconds`).
-      max_workers: gRPC handler threads (with batching, each waiting request
-        holds one, so keep it at least twice `max_batch_size`).
-      max_concurrent_rpcs: beyond this, gRPC answers RESOURCE_EXHAUSTED.
-      image_limits: checks on each encoded image.
-      batching: merge concurrent requests; None serves each request alone.
-      warmup: replay each version's warmup requests before serving it.
-    """
-
-    host: str = protocol.LOOPBACK_HOST
-    port: int = protocol.GRPC_PORT
-    max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES
-    request_timeout_s: float = 30.0
-    poll_interval_s: float = 1.0
-    max_workers: int = 32
-    max_concurrent_rpcs: int = 256
-    image_limits: servable_lib.ImageLimits = dataclasses.field(
-        default_factory=servable_lib.ImageLimits
-    )
-    batching: Optional[batching_lib.BatchingOptions] = None
-    warmup: bool = True
-
-    def validate(self) -> None:
-        """Raises ValueError for an option out of range."""
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f'port must be in [0, 65535], got {self.port}.')
-        for name in ('max_message_bytes', 'max_workers', 'max_concurrent_rpcs'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
-        for name in ('request_timeout_s', 'poll_interval_s'):
-            if getattr(self, name) <= 0:
-                raise ValueError(f'{name} must be > 0, got {getattr(self, name)}.')
-        self.image_limits.validate()
-        if self.batching is not None:
-            self.batching.validate()
+from tfx_captioning.serving.options import ServerOptions
 
 
 @contextlib.contextmanager

@@ -12,13 +12,14 @@ the same pushed directory (`serving/deploy/`). Flags mirror
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from typing import List, Optional
 
 from tfx_captioning.models import features
-from tfx_captioning.serving import batching, protocol, servable, server, tf_serving_config
+from tfx_captioning.serving import options
 
 _DEFAULT_BASE_PATH = features.DEFAULT_MODEL_BASE_PATH
 
@@ -43,15 +44,15 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         default=None,
         help='a TF Serving models.config (version policy, version labels).',
     )
-    parser.add_argument('--host', default=protocol.LOOPBACK_HOST)
-    parser.add_argument('--port', type=int, default=protocol.GRPC_PORT, help='0 picks a free port')
+    parser.add_argument('--host', default=options.LOOPBACK_HOST)
+    parser.add_argument('--port', type=int, default=options.GRPC_PORT, help='0 picks a free port')
     parser.add_argument('--enable-batching', action='store_true', help='merge concurrent requests')
     parser.add_argument(
         '--batching-parameters-file',
         default=None,
         help='a TF Serving batching_parameters.txt (implies --enable-batching).',
     )
-    defaults = server.ServerOptions()
+    defaults = options.ServerOptions()
     parser.add_argument('--max-message-bytes', type=int, default=defaults.max_message_bytes)
     parser.add_argument('--request-timeout-s', type=float, default=defaults.request_timeout_s)
     parser.add_argument('--poll-interval-s', type=float, default=defaults.poll_interval_s)
@@ -64,8 +65,14 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _build_server(args: argparse.Namespace) -> server.CaptionServer:
-    """Turns the flags into a server (not started). Raises ValueError for bad settings."""
+def _build_server(args: argparse.Namespace):
+    """Turns the flags into a `server.CaptionServer` (not started).
+
+    Raises ValueError for bad settings. TensorFlow is imported here, not at
+    module level, so that `--help` and usage errors answer at once.
+    """
+    from tfx_captioning.serving import batching, server, tf_serving_config
+
     batching_options = None
     if args.batching_parameters_file:
         batching_options = batching.BatchingOptions.from_batching_parameters(
@@ -73,14 +80,14 @@ def _build_server(args: argparse.Namespace) -> server.CaptionServer:
         )
     elif args.enable_batching:
         batching_options = batching.BatchingOptions()
-    options = server.ServerOptions(
+    server_options = options.ServerOptions(
         host=args.host,
         port=args.port,
         max_message_bytes=args.max_message_bytes,
         request_timeout_s=args.request_timeout_s,
         poll_interval_s=args.poll_interval_s,
         max_workers=args.max_workers,
-        image_limits=servable.ImageLimits(max_image_pixels=args.max_image_pixels),
+        image_limits=options.ImageLimits(max_image_pixels=args.max_image_pixels),
         batching=batching_options,
         warmup=not args.no_warmup,
     )
@@ -88,9 +95,11 @@ def _build_server(args: argparse.Namespace) -> server.CaptionServer:
         config = tf_serving_config.read_model_server_config(args.model_config_file)
         tf_serving_config.find_model_config(config, args.model_name)
         overrides = {args.model_name: args.model_base_path} if args.model_base_path else {}
-        return server.CaptionServer.for_model_config(config, options, base_path_overrides=overrides)
+        return server.CaptionServer.for_model_config(
+            config, server_options, base_path_overrides=overrides
+        )
     return server.CaptionServer.for_model(
-        args.model_name, args.model_base_path or _DEFAULT_BASE_PATH, options
+        args.model_name, args.model_base_path or _DEFAULT_BASE_PATH, server_options
     )
 
 
@@ -101,13 +110,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format='%(asctime)s %(levelname)s %(message)s',
     )
+    if not args.verbose:
+        os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow is imported
     try:
         caption_server = _build_server(args)
         caption_server.start()
     except (ValueError, RuntimeError, OSError) as error:
         print(f'caption-server: error: {error}', file=sys.stderr)
         return 2
-    if args.host != protocol.LOOPBACK_HOST:
+    if args.host != options.LOOPBACK_HOST:
         print(
             f'caption-server: warning: listening on {args.host}, not loopback; this '
             'development server has no authentication.',

@@ -1,39 +1,70 @@
 """`caption-tflite`: caption images on-device with the standalone TFLite runtime.
 
-    caption-tflite build/tflite/captioner/<version>/model.tflite photo.jpg
+    caption-tflite build/tflite/captioner/<version>/model.tflite photo.jpg holiday/
+    caption-tflite build/tflite/captioner/<version> photos/ --json
+
+Images are files or directories. Each good image gets a `file<TAB>caption`
+line; each bad one a `file<TAB>error: reason` line on stderr (not decodable,
+unsupported format, too many pixels, unreadable), and the others are still
+captioned. Exit status: 0 when every image got a caption, 1 when any did not,
+2 for a usage error or a model that cannot be loaded.
 
 Needs only `ai-edge-litert`, NumPy and Pillow: no TensorFlow is imported.
 """
 
 import argparse
+import os
 import sys
-from typing import List, Optional
+import traceback
+from typing import Iterator, List, Optional
 
-from tfx_captioning.models.tflite_runtime import TFLiteCaptioner
+from tfx_captioning.models import features, image_files
+
+
+def _caption_files(captioner, paths: List[str], verbose: bool) -> Iterator:
+    for path in image_files.list_image_files(paths):
+        try:
+            yield image_files.CaptionResult(path, caption=captioner.caption(path))
+        except image_files.ImageError as error:
+            if verbose:
+                traceback.print_exc()
+            yield image_files.CaptionResult(path, error=str(error))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog='caption-tflite',
         description=__doc__,
+        epilog=image_files.describe_accepted(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument('model', help='path to model.tflite (vocab.txt beside it)')
-    parser.add_argument('images', nargs='+')
+    parser.add_argument(
+        'model', help='model.tflite (vocab.txt beside it), or the directory holding both'
+    )
+    parser.add_argument('images', nargs='+', metavar='IMAGE', help='image files or directories')
+    parser.add_argument(
+        '--json',
+        action='store_true',
+        help='print one JSON object per file: {"file", "caption"} or {"file", "error"}',
+    )
+    parser.add_argument('--verbose', action='store_true', help='show the traceback of failures')
     args = parser.parse_args(argv)
+    model_path = args.model
+    if os.path.isdir(model_path):
+        model_path = os.path.join(model_path, features.TFLITE_FILE)
+    # Imported after parsing, so that `--help` and usage errors answer at once.
+    from tfx_captioning.models.tflite_runtime import TFLiteCaptioner
+
     try:
-        captioner = TFLiteCaptioner(args.model)
-    except (OSError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
+        captioner = TFLiteCaptioner(model_path)
+    except (OSError, ValueError) as error:  # missing files; not a TFLite flatbuffer
+        if args.verbose:
+            traceback.print_exc()
+        print(f'caption-tflite: error: cannot load {model_path}: {error}', file=sys.stderr)
         return 2
-    status = 0
-    for path in args.images:
-        try:
-            print(f'{path}\t{captioner.caption(path)}')
-        except (OSError, ValueError) as e:  # PIL raises OSError subclasses for bad files
-            print(f'{path}\terror: {e}', file=sys.stderr)
-            status = 1
-    return status
+    return image_files.write_results(
+        _caption_files(captioner, args.images, args.verbose), args.json
+    )
 
 
 if __name__ == '__main__':

@@ -9,10 +9,10 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import proto_utils
 
-from tests import feature_extractor_fixtures, flickr8k_fixtures
+from tests import bad_images, feature_extractor_fixtures, flickr8k_fixtures
 from tfx_captioning.cli import sample_data
 from tfx_captioning.components.flickr8k_example_gen import component, executor, layout
-from tfx_captioning.models import features
+from tfx_captioning.models import features, image_files
 
 
 def run_executor(input_base: str, output_dir: str) -> standard_artifacts.Examples:
@@ -99,9 +99,27 @@ def test_split_patterns_must_name_files():
 def test_check_image_rejects_bad_bytes():
     assert executor.check_image(flickr8k_fixtures.jpeg_bytes()) is None
     assert executor.check_image(flickr8k_fixtures.png_bytes()) is None
-    assert executor.check_image(b'') == 'empty file'
-    assert executor.check_image(flickr8k_fixtures.jpeg_bytes(size=(300, 200))[:300]) is not None
+    assert executor.check_image(b'').reason == image_files.EMPTY
+    truncated = flickr8k_fixtures.jpeg_bytes(size=(300, 200))[:300]
+    assert executor.check_image(truncated).reason == image_files.NOT_DECODABLE
     assert executor.check_image(b'GIF89a garbage') is not None
+    assert executor.check_image(b'II*\x00 a TIFF').reason == image_files.UNSUPPORTED_FORMAT
+    assert executor.check_image(bad_images.png_bomb()).reason == image_files.TOO_MANY_PIXELS
+
+
+def test_a_decompression_bomb_is_skipped_and_counted_as_oversized(tmp_path):
+    sample_data.generate(str(tmp_path / 'data'), num_images=8, seed=0)
+    train = layout.load_plan(str(tmp_path / 'data')).splits['train']
+    with open(train[0].path, 'wb') as f:
+        f.write(bad_images.png_bomb())  # a 30000x30000 PNG under a .jpg name
+
+    examples = run_executor(str(tmp_path / 'data'), str(tmp_path / 'examples'))
+
+    assert train[0].image_id not in read_split(examples, 'train')
+    assert len(read_split(examples, 'train')) == len(train) - 1
+    report = json.loads(examples.get_string_custom_property(executor.REPORT_PROPERTY))
+    assert report['skipped'][layout.REASON_OVERSIZED_IMAGE] == 1
+    assert report['skipped'][layout.REASON_UNREADABLE_IMAGE] == 0
 
 
 def test_component_construction():

@@ -105,7 +105,7 @@ def test_component_declares_its_channels_and_parameters():
         spec.SEED_KEY: 3,
         spec.BATCH_SIZE_KEY: 8,
         spec.KEEP_IMAGE_BYTES_KEY: False,
-        spec.MAX_IMAGE_PIXELS_KEY: image_preprocessing.MAX_IMAGE_PIXELS,
+        spec.MAX_IMAGE_PIXELS_KEY: features.MAX_IMAGE_PIXELS,
     }
 
 
@@ -157,7 +157,7 @@ def test_reshuffle_only_when_the_runner_has_several_workers():
 def test_bad_images_are_classified_from_their_header(image_id):
     make, reason = BAD_IMAGES[image_id]
     data = make(fx.encode(fx.noise_image(300, 200), 'JPEG'))
-    problem = executor.image_problem(data, image_preprocessing.MAX_IMAGE_PIXELS)
+    problem = executor.image_problem(data, features.MAX_IMAGE_PIXELS)
 
     # Truncated pixel data is found only when decoding; everything else from the header.
     assert problem == (None if reason == executor.REASON_UNDECODABLE else reason)
@@ -166,7 +166,7 @@ def test_bad_images_are_classified_from_their_header(image_id):
 def test_good_images_have_no_problem():
     for image_format in ('JPEG', 'PNG', 'GIF', 'BMP'):
         data = fx.encode(fx.noise_image(), image_format)
-        assert executor.image_problem(data, image_preprocessing.MAX_IMAGE_PIXELS) is None
+        assert executor.image_problem(data, features.MAX_IMAGE_PIXELS) is None
     assert executor.image_problem(data, 100) == executor.REASON_OVERSIZED
 
 

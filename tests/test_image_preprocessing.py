@@ -9,7 +9,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tests import feature_extractor_fixtures as fx
-from tfx_captioning.models import features
+from tfx_captioning.models import features, image_files
 from tfx_captioning.models import image_preprocessing as ip
 
 BASE = fx.noise_image()
@@ -54,6 +54,30 @@ def test_every_format_and_mode_decodes_to_the_rgb_pil_sees(image, image_format, 
     assert difference == 0 if exact else difference <= 8
     assert ip.image_format(data).numpy() == FORMAT_CODES[image_format]
     np.testing.assert_array_equal(ip.image_dimensions(data).numpy(), [23, 41])
+
+
+@pytest.mark.parametrize(
+    'image,image_format,options', [c[1:4] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_the_plain_python_header_check_reads_what_the_graph_reads(image, image_format, options):
+    """`image_files` (server, TFLite runner, ExampleGen, CLIs) and the graph agree."""
+    data = fx.encode(image, image_format, **options)
+    for candidate in (data, fx.with_dimensions(data, image_format, HUGE, HUGE + 1)):
+        header = image_files.read_header(candidate)
+        assert ip.image_format(candidate).numpy() == FORMAT_CODES[header.format]
+        np.testing.assert_array_equal(
+            ip.image_dimensions(candidate).numpy(), [header.height, header.width]
+        )
+
+
+def test_the_graph_refuses_with_the_shared_limit_and_formats():
+    too_big = fx.with_dimensions(fx.encode(BASE, 'PNG'), 'PNG', 5000, 8001)  # 40,005,000 pixels
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=f'above the limit of {features.MAX_IMAGE_PIXELS} '
+    ):
+        ip.preprocess_image(tf.constant(too_big))
+    with pytest.raises(tf.errors.InvalidArgumentError, match='expected JPEG, PNG, GIF, BMP'):
+        ip.preprocess_image(tf.constant(b'not an image'))
 
 
 def test_animated_gif_gives_its_first_frame():

@@ -21,7 +21,7 @@ import yaml
 
 from tfx_captioning.models import features
 from tfx_captioning.pipeline import configs
-from tfx_captioning.serving import protocol, tf_serving_config
+from tfx_captioning.serving import options, tf_serving_config
 from tfx_captioning.serving.fixture_model import fixture_serving_images, publish_fixture_version
 
 _DEPLOY_DIR = os.path.join(
@@ -115,9 +115,9 @@ def test_deployment_runs_tf_serving_matching_the_installed_api(deployment, conta
 def test_deployment_ports_probe_resources_and_volumes(deployment, container):
     flags = _flag_values(container['args'])
     ports = {port['name']: port['containerPort'] for port in container['ports']}
-    assert ports == {'grpc': protocol.GRPC_PORT, 'http': protocol.REST_PORT}
-    assert flags['port'] == str(protocol.GRPC_PORT)
-    assert flags['rest_api_port'] == str(protocol.REST_PORT)
+    assert ports == {'grpc': options.GRPC_PORT, 'http': options.REST_PORT}
+    assert flags['port'] == str(options.GRPC_PORT)
+    assert flags['rest_api_port'] == str(options.REST_PORT)
     assert flags['enable_batching'] == 'true'
 
     probe = container['readinessProbe']['httpGet']
@@ -160,7 +160,7 @@ def test_service_exposes_grpc_and_rest(deployment):
     labels = deployment['spec']['template']['metadata']['labels']
     assert service['spec']['selector'].items() <= labels.items()
     ports = {port['name']: (port['port'], port['targetPort']) for port in service['spec']['ports']}
-    assert ports == {'grpc': (protocol.GRPC_PORT, 'grpc'), 'http': (protocol.REST_PORT, 'http')}
+    assert ports == {'grpc': (options.GRPC_PORT, 'grpc'), 'http': (options.REST_PORT, 'http')}
     assert service['metadata']['name'] == deployment['metadata']['name']
 
 
@@ -183,8 +183,8 @@ def test_docker_run_uses_the_same_image_flags_and_mounts(container):
     assert command[command.index('--entrypoint') + 1] == container['command'][0]
     published = [command[index + 1] for index, arg in enumerate(command) if arg == '-p']
     assert published == [
-        f'127.0.0.1:{protocol.GRPC_PORT}:{protocol.GRPC_PORT}',
-        f'127.0.0.1:{protocol.REST_PORT}:{protocol.REST_PORT}',
+        f'127.0.0.1:{options.GRPC_PORT}:{options.GRPC_PORT}',
+        f'127.0.0.1:{options.REST_PORT}:{options.REST_PORT}',
     ]
     targets = {
         re.search(r'target=([^,]+)', command[index + 1]).group(1)

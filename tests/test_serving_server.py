@@ -25,7 +25,7 @@ from tensorflow_serving.config import file_system_storage_path_source_pb2
 
 from tfx_captioning.models import features
 from tfx_captioning.pipeline import configs
-from tfx_captioning.serving import batching, protocol, servable
+from tfx_captioning.serving import batching, options, protocol, servable
 from tfx_captioning.serving.fixture_model import fixture_serving_images, publish_fixture_version
 
 pytestmark = pytest.mark.timeout(120)
@@ -214,12 +214,15 @@ def test_bad_request_gets_tf_serving_code_and_server_keeps_answering(stubs, imag
 
 def test_status_messages_are_readable(stubs, images):
     predictions, _ = stubs
+    # The reasons every runtime gives (models.image_files), with this server's lower limit.
     _, details, _ = _call(predictions.Predict, _request([b'not an image']))
-    assert 'not a decodable image' in details
+    assert details == 'unsupported format: not a JPEG, PNG, GIF or BMP image'
     _, details, _ = _call(predictions.Predict, _request([_png_header_only(100_000, 100_000)]))
-    assert 'too large' in details
+    assert details.startswith('too many pixels: PNG of 100000x100000')
     _, details, _ = _call(predictions.Predict, _request([_png_header_only(2000, 1000)]))
-    assert '2000x1000' in details and '1000000' in details
+    assert details == (
+        'too many pixels: PNG of 2000x1000 = 2,000,000 pixels, above the limit of 1,000,000'
+    )
     truncated = images['photo.jpg'][: len(images['photo.jpg']) // 3]
     _, details, _ = _call(predictions.Predict, _request([truncated]))
     assert 'Detected at node' not in details and 'JPEG' in details
@@ -529,7 +532,7 @@ def test_server_binds_loopback_by_default_and_refuses_a_taken_port(
     from tfx_captioning.serving import server
 
     first = start_caption_server(fixture_model_base_path)
-    assert first.target.startswith(protocol.LOOPBACK_HOST + ':')
-    assert server.ServerOptions().host == protocol.LOOPBACK_HOST
+    assert first.target.startswith(options.LOOPBACK_HOST + ':')
+    assert server.ServerOptions().host == options.LOOPBACK_HOST
     with pytest.raises(RuntimeError, match='cannot bind'):
         start_caption_server(fixture_model_base_path, port=first.port)

@@ -5,9 +5,11 @@ bookkeeping; this executor only says how one split becomes tf.Examples:
 
 1. `Do` reads the small text files once (`layout.load_plan`), failing at once
    on a directory that is not a Flickr8k layout, and counts bad lines.
-2. Per split, Beam reads each image file, checks that it decodes, and builds a
-   tf.Example with the id, the encoded bytes and **all** captions. Images that
-   cannot be read are skipped and counted with a Beam counter.
+2. Per split, Beam reads each image file, checks it as every runtime does
+   (`models.image_files`: accepted format, at most `features.MAX_IMAGE_PIXELS`)
+   and that it decodes, and builds a tf.Example with the id, the encoded bytes
+   and **all** captions. Images that cannot be used are skipped and counted
+   with a Beam counter (``unreadable_images``, ``oversized_images``).
 3. After the pipeline, every count is logged and recorded on the output
    Examples artifact (custom properties ``skipped_<reason>`` and a JSON
    ``ingestion_report``), so nothing is dropped silently.
@@ -28,7 +30,7 @@ from tfx.utils import proto_utils
 
 from tfx_captioning.components import beam_metrics
 from tfx_captioning.components.flickr8k_example_gen import layout
-from tfx_captioning.models import features
+from tfx_captioning.models import features, image_files
 
 METRICS_NAMESPACE = 'flickr8k_example_gen'
 REPORT_PROPERTY = 'ingestion_report'
@@ -36,27 +38,32 @@ SKIPPED_PROPERTY_PREFIX = beam_metrics.SKIPPED_PROPERTY_PREFIX
 EXAMPLES_PROPERTY_PREFIX = beam_metrics.EXAMPLES_PROPERTY_PREFIX
 EXAMPLES_COUNTER_PREFIX = 'examples_'
 
-# Formats the image preprocessing (tf.io.decode_image) decodes.
-SUPPORTED_FORMATS = frozenset({'JPEG', 'PNG', 'GIF', 'BMP'})
 
-
-def check_image(data: bytes) -> Optional[str]:
+def check_image(
+    data: bytes, max_pixels: int = features.MAX_IMAGE_PIXELS
+) -> Optional[image_files.ImageError]:
     """Returns why `data` is not a usable image, or None when it decodes.
 
-    JPEGs are decoded at 1/8 scale (`draft`), which still reads every
-    compressed byte, so truncated files fail while large photos cost little.
+    First the header check every runtime shares (`image_files.check_image`:
+    one of `features.IMAGE_FORMATS`, at most `max_pixels` pixels), so nothing
+    is ingested that serving would refuse and a decompression bomb is never
+    decoded; then a real decode. JPEGs are decoded at 1/8 scale (`draft`),
+    which still reads every compressed byte, so truncated files fail while
+    large photos cost little.
+
+    Returns:
+      None, or the `ImageError` whose `reason` says which counter it goes to.
     """
-    if not data:
-        return 'empty file'
     try:
+        header = image_files.check_image(data, max_pixels)
         with Image.open(io.BytesIO(data)) as image:
-            if image.format not in SUPPORTED_FORMATS:
-                return f'unsupported format {image.format}'
-            if image.format == 'JPEG':
+            if header.format == 'JPEG':
                 image.draft('RGB', (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
-    except Exception as e:  # PIL raises many types for bad data.
-        return f'{type(e).__name__}: {e}'
+    except image_files.ImageError as error:
+        return error
+    except Exception as error:  # PIL raises many types for bad data.
+        return image_files.ImageError(image_files.NOT_DECODABLE, f'{type(error).__name__}: {error}')
     return None
 
 
@@ -87,6 +94,9 @@ class _ReadImageDoFn(beam.DoFn):
         self._missing = beam.metrics.Metrics.counter(
             METRICS_NAMESPACE, layout.REASON_MISSING_IMAGE_FILE
         )
+        self._oversized = beam.metrics.Metrics.counter(
+            METRICS_NAMESPACE, layout.REASON_OVERSIZED_IMAGE
+        )
 
     def process(self, record: layout.ImageRecord) -> Iterator[tf.train.Example]:
         try:
@@ -99,8 +109,11 @@ class _ReadImageDoFn(beam.DoFn):
             return
         problem = check_image(data)
         if problem is not None:
-            logging.warning('Skipping %s: unreadable image (%s).', record.image_id, problem)
-            self._unreadable.inc()
+            logging.warning('Skipping %s: %s.', record.image_id, problem)
+            if problem.reason == image_files.TOO_MANY_PIXELS:
+                self._oversized.inc()
+            else:
+                self._unreadable.inc()
             return
         self._written.inc()
         yield make_example(record, data)

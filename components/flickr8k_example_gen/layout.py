@@ -35,6 +35,8 @@ REASON_MALFORMED_TOKEN_LINE = 'malformed_token_lines'
 REASON_DUPLICATE_LINE = 'duplicate_lines'
 REASON_MISSING_IMAGE_FILE = 'missing_image_files'
 REASON_UNREADABLE_IMAGE = 'unreadable_images'
+REASON_OVERSIZED_IMAGE = 'oversized_images'
+"""Above `features.MAX_IMAGE_PIXELS`: no runtime would caption it, so it is not ingested."""
 REASON_NO_CAPTION = 'ids_without_captions'
 REASON_IN_NO_SPLIT = 'images_in_no_split'
 REASON_IN_SEVERAL_SPLITS = 'ids_in_several_splits'
@@ -43,6 +45,7 @@ REASONS = (
     REASON_DUPLICATE_LINE,
     REASON_MISSING_IMAGE_FILE,
     REASON_UNREADABLE_IMAGE,
+    REASON_OVERSIZED_IMAGE,
     REASON_NO_CAPTION,
     REASON_IN_NO_SPLIT,
     REASON_IN_SEVERAL_SPLITS,

@@ -12,7 +12,7 @@ from tfx import types
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from tfx_captioning.models import encoder, image_preprocessing
+from tfx_captioning.models import encoder, features
 
 # Channels.
 EXAMPLES_KEY = 'examples'
@@ -50,7 +50,7 @@ class ExtractorParameters:
     seed: int = encoder.DEFAULT_SEED
     batch_size: int = DEFAULT_BATCH_SIZE
     keep_image_bytes: bool = False
-    max_image_pixels: int = image_preprocessing.MAX_IMAGE_PIXELS
+    max_image_pixels: int = features.MAX_IMAGE_PIXELS
 
     def validate(self) -> 'ExtractorParameters':
         """Returns self.
