@@ -511,7 +511,37 @@ def test_a_required_argument_left_unset_is_named():
 def test_the_example_config_gives_create_pipeline_all_it_needs():
     # When create_pipeline gains a required argument (say serving_root), this
     # says which line of kubeflow/config.example.yaml to fill in.
-    kf_config.make_config(kf_config.load_file(str(EXAMPLE_CONFIG))).validate(create_pipeline)
+    values = kf_config.load_file(str(EXAMPLE_CONFIG))
+    config = kf_config.make_config(values)
+    config.validate(create_pipeline)
+    pipeline = runner.build_pipeline(config)
+
+    # The pipeline is the one the file describes, placeholders expanded.
+    assert pipeline.pipeline_info.pipeline_name == values['pipeline_name']
+    assert pipeline.pipeline_info.pipeline_root == values['pipeline_root']
+    assert pipeline.enable_cache is values['enable_cache']
+    assert pipeline.metadata_connection_config is None  # Kubeflow supplies the store.
+    beam_args = config.resolved_beam_args()
+    assert len(beam_args) == len(values['beam_pipeline_args'])
+    assert f'--temp_location={values["pipeline_root"]}/beam-tmp' in beam_args
+    assert pipeline.beam_pipeline_args == beam_args
+    ids = [component.id for component in pipeline.components]
+    assert len(ids) == len(set(ids)), ids
+    for component in pipeline.components:
+        if isinstance(getattr(component, 'executor_spec', None), executor_spec.BeamExecutorSpec):
+            assert component.executor_spec.beam_pipeline_args[: len(beam_args)] == beam_args
+    # Where data is read from and models are pushed to.
+    (example_gen,) = [c for c in pipeline.components if isinstance(c, FileBasedExampleGen)]
+    input_base = example_gen.exec_properties[standard_component_specs.INPUT_BASE_KEY]
+    assert input_base == values['data_root']
+    (pusher,) = [c for c in pipeline.components if isinstance(c, tfx.components.Pusher)]
+    destination = json_format.Parse(
+        pusher.exec_properties[standard_component_specs.PUSH_DESTINATION_KEY],
+        tfx.proto.PushDestination(),
+    )
+    assert destination.filesystem.base_directory.startswith(values['serving_root'] + '/')
+    custom_config = pusher.exec_properties[standard_component_specs.CUSTOM_CONFIG_KEY]
+    assert values['tflite_root'] + '/' in custom_config
 
 
 def test_cli_reports_an_invalid_config_with_exit_status_2(capsys):
