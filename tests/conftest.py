@@ -5,6 +5,7 @@ Each block is owned by the tests that use it; append new blocks, keep others int
 
 import pytest
 
+from tests import process_state
 from tfx_captioning.pipeline import configs
 from tfx_captioning.serving.fixture_model import (
     build_fixture_caption_model,
@@ -108,3 +109,17 @@ def caption_transform_run(tmp_path_factory, caption_hparams):
         output_dir,
         custom_config=caption_hparams.transform_config(),
     )
+
+
+# --- Isolation: no test sees what an earlier test's CLI `main` did to the process ----------
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Runs each test in `process_state.isolated()`: logging, warnings filters, environment.
+
+    A hook rather than an autouse fixture, so that what a module- or
+    session-scoped fixture's setup changes is undone too.
+    """
+    with process_state.isolated():
+        yield
