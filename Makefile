@@ -1,10 +1,11 @@
 # The README's two commands: `make demo` and `make test`. Each installs what it
 # needs first (scripts/install.sh is a no-op when .venv matches the lock).
+# `make test-random` runs the tests in a shuffled order.
 PY := .venv/bin/python
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo test lint format lock clean
+.PHONY: install demo test test-random lint format lock clean
 
 install:
 	@bash scripts/install.sh
@@ -16,8 +17,14 @@ lint: install
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
+# Everything: lint and every test, slow ones included (what CI runs).
 test: lint
 	$(PY) -m pytest
+
+# The non-slow tests in a shuffled order (pytest-randomly, off by default). The
+# header prints the seed; `make test-random SEED=N` replays that order.
+test-random: install
+	$(PY) -m pytest -p randomly -p no:cacheprovider -m "not slow" $(if $(SEED),--randomly-seed=$(SEED))
 
 format: install
 	.venv/bin/ruff format .
