@@ -111,6 +111,22 @@ def caption_transform_run(tmp_path_factory, caption_hparams):
     )
 
 
+# --- ExampleGen: one real run over the generated sample dataset ---------------------------
+
+
+@pytest.fixture(scope='session')
+def sample_examples(tmp_path_factory):
+    """(data root, images per split, Examples) of Flickr8kExampleGen over 16 sample images."""
+    from tests import feature_extractor_fixtures
+    from tfx_captioning.cli import sample_data
+
+    root = tmp_path_factory.mktemp('sample_examples')
+    data_root = str(root / 'data')
+    counts = sample_data.generate(data_root, num_images=16, seed=3)
+    examples = feature_extractor_fixtures.run_example_gen(data_root, str(root / 'examples'))
+    return data_root, counts, examples
+
+
 # --- Isolation: no test sees what an earlier test's CLI `main` did to the process ----------
 
 
@@ -123,3 +139,32 @@ def pytest_runtest_protocol(item, nextitem):
     """
     with process_state.isolated():
         yield
+
+
+# --- Tiers: `make test-fast` runs the tests this hook marks `fast` -------------------------
+
+EXPENSIVE_FIXTURES = {
+    # Fixture: what its setup costs on the 2-core development machine (--durations).
+    'caption_transform_run': 'a real tf.Transform run (~9 s); `trained` then trains on it (~40 s)',
+    'transformed': 'a real tf.Transform run over the preprocessing examples (~5 s)',
+    'extraction': 'ImageFeatureExtractor through Beam with InceptionV3 (~9 s)',
+    'defective_run': 'Flickr8kExampleGen through Beam (~5 s)',
+    'sample_examples': 'Flickr8kExampleGen through Beam (~5 s)',
+    'random_encoder': 'InceptionV3 with random weights (~4 s); its users build more',
+}
+"""A test using one of these (directly or through another fixture) is not `fast`."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks `fast` every test that is not `slow` and uses no expensive fixture.
+
+    The tier follows from what a test uses, so a new test lands in the right
+    one without a marker of its own. `item.fixturenames` holds the fixtures a
+    test uses through other fixtures too.
+    """
+    del config
+    for item in items:
+        if item.get_closest_marker('slow') is None and not (
+            EXPENSIVE_FIXTURES.keys() & set(item.fixturenames)
+        ):
+            item.add_marker(pytest.mark.fast)
