@@ -1,10 +1,12 @@
 # The README's two commands: `make demo` and `make test`. Each installs what it
 # needs first (scripts/install.sh is a no-op when .venv matches the lock).
+# While iterating: `make test-fast` (the `fast` tier, tests only) and
+# `make test-random` (shuffled order).
 PY := .venv/bin/python
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo test lint format lock clean
+.PHONY: install demo test test-fast test-random lint format lock clean
 
 install:
 	@bash scripts/install.sh
@@ -16,8 +18,18 @@ lint: install
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
+# Everything: lint and every test, slow ones included (what CI runs).
 test: lint
 	$(PY) -m pytest
+
+# Tests tests/conftest.py marks `fast`: not slow, no expensive fixture (< 3 min).
+test-fast: install
+	$(PY) -m pytest -m fast
+
+# The non-slow tests in a shuffled order (pytest-randomly, off by default). The
+# header prints the seed; `make test-random SEED=N` replays that order.
+test-random: install
+	$(PY) -m pytest -p randomly -p no:cacheprovider -m "not slow" $(if $(SEED),--randomly-seed=$(SEED))
 
 format: install
 	.venv/bin/ruff format .

@@ -13,6 +13,10 @@ _HARMLESS = (
 )
 
 
+# Library loggers that quiet mode limits to ERROR.
+NOISY_LOGGERS = ('apache_beam', 'tensorflow', 'h5py', 'urllib3', 'google')
+
+
 class _DropHarmless(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -38,5 +42,5 @@ def configure(verbose: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
-    for name in ('apache_beam', 'tensorflow', 'h5py', 'urllib3', 'google'):
+    for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -5,6 +5,7 @@ Each block is owned by the tests that use it; append new blocks, keep others int
 
 import pytest
 
+from tests import process_state
 from tfx_captioning.pipeline import configs
 from tfx_captioning.serving.fixture_model import (
     build_fixture_caption_model,
@@ -109,3 +110,63 @@ def caption_transform_run(tmp_path_factory, caption_hparams):
         output_dir,
         custom_config=caption_hparams.transform_config(),
     )
+
+
+# --- ExampleGen: one real run over the generated sample dataset ---------------------------
+
+
+@pytest.fixture(scope='session')
+def sample_examples(tmp_path_factory):
+    """(data root, images per split, Examples) of Flickr8kExampleGen over 16 sample images."""
+    from tests import feature_extractor_fixtures
+    from tfx_captioning.cli import sample_data
+
+    root = tmp_path_factory.mktemp('sample_examples')
+    data_root = str(root / 'data')
+    counts = sample_data.generate(data_root, num_images=16, seed=3)
+    examples = feature_extractor_fixtures.run_example_gen(data_root, str(root / 'examples'))
+    return data_root, counts, examples
+
+
+# --- Isolation: no test sees what an earlier test's CLI `main` did to the process ----------
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Runs each test in `process_state.isolated()`: logging, warnings filters, environment.
+
+    A hook rather than an autouse fixture, so that what a module- or
+    session-scoped fixture's setup changes is undone too.
+    """
+    with process_state.isolated():
+        yield
+
+
+# --- Tiers: `make test-fast` runs the tests this hook marks `fast` -------------------------
+
+EXPENSIVE_FIXTURES = {
+    # Fixture: what its setup costs on the 2-core development machine (--durations).
+    'caption_transform_run': 'a real tf.Transform run (~9 s); `trained` then trains on it (~40 s)',
+    'transformed': 'a real tf.Transform run over the preprocessing examples (~5 s)',
+    'extraction': 'ImageFeatureExtractor through Beam with InceptionV3 (~9 s)',
+    'defective_run': 'Flickr8kExampleGen through Beam (~5 s)',
+    'sample_examples': 'Flickr8kExampleGen through Beam (~5 s)',
+    'random_encoder': 'InceptionV3 with random weights (~4 s); its users build more',
+    'evaluator_artifacts': 'a tf.Transform run and two Trainer runs (~60 s)',
+}
+"""A test using one of these (directly or through another fixture) is not `fast`."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks `fast` every test that is not `slow` and uses no expensive fixture.
+
+    The tier follows from what a test uses, so a new test lands in the right
+    one without a marker of its own. `item.fixturenames` holds the fixtures a
+    test uses through other fixtures too.
+    """
+    del config
+    for item in items:
+        if item.get_closest_marker('slow') is None and not (
+            EXPENSIVE_FIXTURES.keys() & set(item.fixturenames)
+        ):
+            item.add_marker(pytest.mark.fast)

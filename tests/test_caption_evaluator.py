@@ -1,6 +1,6 @@
-"""CaptionEvaluator: the gate as a table of cases, and `Do` on tiny real artifacts.
+"""CaptionEvaluator: the gate as a table of cases, and `Do` on tiny real evaluator_artifacts.
 
-The artifacts are real: extractor-like Examples (train/eval/test), TFX-layout
+The evaluator_artifacts are real: extractor-like Examples (train/eval/test), TFX-layout
 Transform outputs from the real `preprocessing_fn`, and two models trained by
 TFX's Trainer executor with our `run_fn` (a good one, and a one-step one that
 only emits the most frequent words). Scores come from the real coco-caption
@@ -112,13 +112,13 @@ def test_component_declares_channels_and_checks_parameters():
         component.CaptionEvaluator(**inputs, parameters=spec.EvaluatorParameters(batch_size=0))
 
 
-# --- Do on real artifacts -----------------------------------------------------------------
+# --- Do on real evaluator_artifacts -----------------------------------------------------------------
 
 SPLITS = features.SPLITS
 
 
 @pytest.fixture(scope='module')
-def artifacts(tmp_path_factory, caption_hparams):
+def evaluator_artifacts(tmp_path_factory, caption_hparams):
     """Extractor Examples, Transform outputs, a good and a useless model (real Trainer runs)."""
     root = str(tmp_path_factory.mktemp('caption_evaluator'))
     raw = {
@@ -159,8 +159,10 @@ def artifacts(tmp_path_factory, caption_hparams):
     }
 
 
-def _evaluate(artifacts, model, baseline=None, raw_examples=None, parameters=None):
-    out = os.path.join(artifacts['root'], 'out', uuid.uuid4().hex)  # fresh outputs per call
+def _evaluate(evaluator_artifacts, model, baseline=None, raw_examples=None, parameters=None):
+    out = os.path.join(
+        evaluator_artifacts['root'], 'out', uuid.uuid4().hex
+    )  # fresh outputs per call
     evaluation = captioning_fixtures.artifact(
         standard_artifacts.ModelEvaluation, os.path.join(out, 'evaluation')
     )
@@ -168,9 +170,9 @@ def _evaluate(artifacts, model, baseline=None, raw_examples=None, parameters=Non
         standard_artifacts.ModelBlessing, os.path.join(out, 'blessing')
     )
     inputs = {
-        spec.EXAMPLES_KEY: [artifacts['examples']],
-        spec.TRANSFORMED_EXAMPLES_KEY: [artifacts['transformed']],
-        spec.TRANSFORM_GRAPH_KEY: [artifacts['graph']],
+        spec.EXAMPLES_KEY: [evaluator_artifacts['examples']],
+        spec.TRANSFORMED_EXAMPLES_KEY: [evaluator_artifacts['transformed']],
+        spec.TRANSFORM_GRAPH_KEY: [evaluator_artifacts['graph']],
         spec.MODEL_KEY: [model],
     }
     if baseline is not None:
@@ -191,8 +193,8 @@ def _marker(blessing):
     return sorted(os.listdir(blessing.uri))
 
 
-def test_a_good_first_model_is_blessed_with_every_metric_reported(artifacts):
-    report, evaluation, blessing = _evaluate(artifacts, artifacts['good'])
+def test_a_good_first_model_is_blessed_with_every_metric_reported(evaluator_artifacts):
+    report, evaluation, blessing = _evaluate(evaluator_artifacts, evaluator_artifacts['good'])
     assert report['blessed'], report['failures']
     assert report['baseline'] is None and report['baseline_model'] is None
     for split in (features.EVAL_SPLIT, features.TEST_SPLIT):
@@ -214,8 +216,10 @@ def test_a_good_first_model_is_blessed_with_every_metric_reported(artifacts):
     assert report['tflite'] == []  # no raw examples: no TFLite parity
 
 
-def test_a_useless_model_is_refused_against_the_baseline_and_the_blessed_model(artifacts):
-    report, _, blessing = _evaluate(artifacts, artifacts['useless'], baseline=artifacts['good'])
+def test_a_useless_model_is_refused_against_the_baseline_and_the_blessed_model(evaluator_artifacts):
+    report, _, blessing = _evaluate(
+        evaluator_artifacts, evaluator_artifacts['useless'], baseline=evaluator_artifacts['good']
+    )
     assert not report['blessed']
     reason = blessing.get_string_custom_property(features.BLESSING_REASON_PROPERTY)
     assert 'does not beat the most-frequent-caption baseline' in reason
@@ -226,16 +230,20 @@ def test_a_useless_model_is_refused_against_the_baseline_and_the_blessed_model(a
     assert blessing.get_int_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY) == 11
 
 
-def test_a_model_resolved_as_its_own_baseline_is_judged_as_a_first_model(artifacts):
-    report, _, blessing = _evaluate(artifacts, artifacts['good'], baseline=artifacts['good'])
+def test_a_model_resolved_as_its_own_baseline_is_judged_as_a_first_model(evaluator_artifacts):
+    report, _, blessing = _evaluate(
+        evaluator_artifacts, evaluator_artifacts['good'], baseline=evaluator_artifacts['good']
+    )
     assert report['blessed'] and report['baseline'] is None
     assert not blessing.has_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY)
 
 
-def test_without_tflite_variants_parity_is_recorded_as_empty(artifacts):
+def test_without_tflite_variants_parity_is_recorded_as_empty(evaluator_artifacts):
     # Raw examples are given but the model has no Format-TFLite folder (hparams 'none').
     report, _, blessing = _evaluate(
-        artifacts, artifacts['good'], raw_examples=artifacts['examples']
+        evaluator_artifacts,
+        evaluator_artifacts['good'],
+        raw_examples=evaluator_artifacts['examples'],
     )
     assert report['tflite'] == []
     assert (
@@ -243,9 +251,11 @@ def test_without_tflite_variants_parity_is_recorded_as_empty(artifacts):
     )
 
 
-def test_an_absolute_floor_can_refuse_a_good_model(artifacts):
+def test_an_absolute_floor_can_refuse_a_good_model(evaluator_artifacts):
     parameters = spec.EvaluatorParameters(gate=gate.GateConfig(min_metrics={'BLEU-4': 1.01}))
-    report, _, _ = _evaluate(artifacts, artifacts['good'], parameters=parameters)
+    report, _, _ = _evaluate(
+        evaluator_artifacts, evaluator_artifacts['good'], parameters=parameters
+    )
     assert not report['blessed'] and report['failures'] == [
         f'BLEU-4 {report["splits"]["eval"]["metrics"]["BLEU-4"]:.4f} < min 1.0100'
     ]

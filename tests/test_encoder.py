@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import tensorflow as tf
 import tf_keras as keras
 from tfx.utils import path_constants, path_utils
 
+from tfx_captioning.components.image_feature_extractor import spec as extractor_spec
 from tfx_captioning.models import encoder, features
 
 SEED = 7
@@ -33,9 +35,22 @@ def saved_artifact(random_encoder, tmp_path_factory):
     return uri, spec
 
 
-@pytest.mark.parametrize('weights', ['imagenet', 'random', '/w/notop.h5', 'gs://b/w.HDF5'])
-def test_valid_weights_specs(weights):
-    encoder.validate_weights(weights)
+@pytest.mark.parametrize(
+    'weights, near_miss',
+    [
+        ('imagenet', 'imagenet21k'),
+        ('random', 'Random'),
+        ('/w/notop.h5', '/w/notop.keras'),
+        ('gs://b/w.HDF5', 'gs://b/w.HDF5.json'),
+    ],
+)
+def test_valid_weights_specs_are_accepted_and_their_near_misses_refused(weights, near_miss):
+    # A spec is checked by its text alone: these paths do not exist.
+    assert encoder.validate_weights(weights) is None
+    # What the extractor component checks when the pipeline is built.
+    assert extractor_spec.ExtractorParameters(weights=weights).validate().weights == weights
+    with pytest.raises(ValueError, match=re.escape(repr(near_miss))):
+        encoder.validate_weights(near_miss)
 
 
 @pytest.mark.parametrize('weights', ['', 'imagenet21k', 'Random', '/w/model.keras', None, 3])

@@ -69,10 +69,9 @@ def test_every_skip_is_counted_on_the_artifact(defective_run):
     assert examples.get_int_custom_property(executor.EXAMPLES_PROPERTY_PREFIX + 'train') == 3
 
 
-def test_sample_dataset_round_trips(tmp_path):
-    counts = sample_data.generate(str(tmp_path / 'data'), num_images=16, seed=3)
-    examples = run_executor(str(tmp_path / 'data'), str(tmp_path / 'examples'))
-    plan = layout.load_plan(str(tmp_path / 'data'))
+def test_sample_dataset_round_trips(sample_examples):
+    data_root, counts, examples = sample_examples
+    plan = layout.load_plan(data_root)
     for split, records in plan.splits.items():
         written = read_split(examples, split)
         assert sorted(written) == sorted(r.image_id for r in records)

@@ -249,10 +249,8 @@ def test_in_memory_workers_reuse_the_drivers_encoder(extraction):
     assert extraction.encoder_loads == []
 
 
-def test_on_flickr8k_example_gen_output_keeping_image_bytes(tmp_path):
-    data_root = str(tmp_path / 'flickr8k')
-    fx.sample_data.generate(data_root, num_images=8, seed=1)
-    examples = fx.run_example_gen(data_root, str(tmp_path / 'example_gen'))
+def test_on_flickr8k_example_gen_output_keeping_image_bytes(sample_examples, tmp_path):
+    _, _, examples = sample_examples
     inputs = {
         split: fx.read_examples(examples, split)
         for split in artifact_utils.decode_split_names(examples.split_names)
