@@ -3,6 +3,7 @@
 caption-pipeline run                              # the generated sample data
 caption-pipeline run --data ~/Flickr8k            # the real dataset
 caption-pipeline caption photo.jpg other.png      # the latest pushed model
+caption-pipeline caption --beam photo.jpg         # ... decoded by beam search
 caption-pipeline report                           # rebuild build/report/
 """
 
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument('images', nargs='+')
     caption.add_argument(
         '--model-dir', help='a SavedModel version directory (default: latest push)'
+    )
+    caption.add_argument(
+        '--beam', action='store_true', help='decode by beam search (the caption_beam signature)'
     )
     sub.add_parser('report', help="rebuild the latest run's HTML report and contact sheet")
     score.add_parser(sub)
@@ -256,13 +260,20 @@ def _print_sample_captions(store, model_dir: str, count: int = 3) -> None:
         print(f'  {image_id}: {caption}')
 
 
-def caption_bytes(model_dir: str, images: List[bytes]) -> List[str]:
-    """Captions encoded images with a SavedModel version directory, in-process."""
+def caption_bytes(model_dir: str, images: List[bytes], beam: bool = False) -> List[str]:
+    """Captions encoded images with a SavedModel version directory, in-process.
+
+    `beam` decodes with the beam-search signature instead of the greedy one.
+    """
     import tensorflow as tf
 
     from tfx_captioning.models import features
 
-    signature = tf.saved_model.load(model_dir).signatures[features.SERVING_SIGNATURE]
+    name = features.BEAM_SIGNATURE if beam else features.SERVING_SIGNATURE
+    signatures = tf.saved_model.load(model_dir).signatures
+    if name not in signatures:
+        raise ValueError(f'{model_dir} has no {name} signature; export the model again.')
+    signature = signatures[name]
     out = signature(**{features.IMAGE_BYTES_INPUT: tf.constant(images)})
     return [c.decode('utf-8') for c in out[features.CAPTION_OUTPUT].numpy()]
 
@@ -294,7 +305,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
             print(f'error: {e}', file=sys.stderr)
             return 2
     try:
-        captions = caption_bytes(model_dir, images)
+        captions = caption_bytes(model_dir, images, beam=args.beam)
     except Exception as e:  # TensorFlow raises InvalidArgumentError for undecodable images
         print(f'error: could not caption: {str(e).splitlines()[0]}', file=sys.stderr)
         return 1
