@@ -1,6 +1,7 @@
 """`caption-tflite`: caption images on-device with the standalone TFLite runtime.
 
     caption-tflite build/tflite/captioner/<version>/model.tflite photo.jpg
+    caption-tflite --beam build/tflite/captioner/<version>/model.tflite photo.jpg
 
 Needs only `ai-edge-litert`, NumPy and Pillow: no TensorFlow is imported.
 """
@@ -20,9 +21,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     parser.add_argument('model', help='path to model.tflite (vocab.txt beside it)')
     parser.add_argument('images', nargs='+')
+    parser.add_argument(
+        '--beam', action='store_true', help="decode with the model's beam search (caption_beam)"
+    )
     args = parser.parse_args(argv)
     try:
-        captioner = TFLiteCaptioner(args.model)
+        captioner = TFLiteCaptioner(args.model, beam=args.beam)
     except (OSError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
