@@ -47,13 +47,13 @@ from tfx_captioning.models.hparams import HParams
 _SINGLE_SPEEDUP_TARGET = 50.0
 
 
-def build_exported_model(
+def build_caption_model(
     hparams: HParams, vocab_size: int, directory: str, seed: int = 0
-) -> keras.Model:
-    """Builds a random-weight decoder, exports the combined model to `directory`.
+) -> export.CaptionModel:
+    """The combined model over a random-weight decoder that never emits a reserved token.
 
-    Returns:
-      The Keras decoder (the weights the SavedModel holds).
+    Its vocabulary file is written to `directory`; the beam search uses
+    `hparams.beam_width` and `hparams.beam_length_alpha`.
     """
     keras.utils.set_random_seed(seed)
     decoder_model = decoder.build_decoder(hparams, vocab_size)
@@ -78,9 +78,23 @@ def build_exported_model(
         feature_offset=np.zeros(features.FEATURE_SIZE, np.float32),
         vocabulary_file=vocabulary_file,
         max_len=hparams.max_len,
+        beam_width=hparams.beam_width,
+        beam_length_alpha=hparams.beam_length_alpha,
     )
+    return caption_model
+
+
+def build_exported_model(
+    hparams: HParams, vocab_size: int, directory: str, seed: int = 0
+) -> keras.Model:
+    """Builds a random-weight decoder, exports the combined model to `directory/saved_model`.
+
+    Returns:
+      The Keras decoder (the weights the SavedModel holds).
+    """
+    caption_model = build_caption_model(hparams, vocab_size, directory, seed)
     export.save_caption_model(caption_model, os.path.join(directory, 'saved_model'))
-    return decoder_model
+    return caption_model.decoder_model
 
 
 def tutorial_decode(model: keras.Model, image_features: np.ndarray, max_tokens: int) -> List[int]:

@@ -3,6 +3,7 @@
 caption-pipeline run                              # the generated sample data
 caption-pipeline run --data ~/Flickr8k            # the real dataset
 caption-pipeline caption photo.jpg holiday/       # the latest pushed model
+caption-pipeline caption --beam photo.jpg         # ... decoded by beam search
 caption-pipeline report                           # rebuild build/report/
 
 An expected mistake (a wrong directory, nothing pushed yet, a bad image) ends
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         '--json',
         action='store_true',
         help='print one JSON object per file: {"file", "caption"} or {"file", "error"}',
+    )
+    caption.add_argument(
+        '--beam', action='store_true', help='decode by beam search (the caption_beam signature)'
     )
     sub.add_parser('report', help="rebuild the latest run's HTML report and contact sheet")
     score.add_parser(sub)
@@ -285,17 +289,21 @@ def _print_sample_captions(store, model_dir: str, count: int = 3) -> None:
         print(f'  {image_id}: {caption}')
 
 
-def caption_bytes(model_dir: str, images: List[bytes]) -> List[str]:
-    """Captions encoded images with a SavedModel version directory, in-process."""
-    return _caption_batch(_serving_signature(model_dir), images)
+def caption_bytes(model_dir: str, images: List[bytes], beam: bool = False) -> List[str]:
+    """Captions encoded images with a SavedModel version directory, in-process.
+
+    `beam` decodes with the beam-search signature instead of the greedy one.
+    """
+    return _caption_batch(_serving_signature(model_dir, beam), images)
 
 
-def _serving_signature(model_dir: str):
+def _serving_signature(model_dir: str, beam: bool = False):
     import tensorflow as tf
 
     from tfx_captioning.models import features
 
-    return tf.saved_model.load(model_dir).signatures[features.SERVING_SIGNATURE]
+    name = features.BEAM_SIGNATURE if beam else features.SERVING_SIGNATURE
+    return tf.saved_model.load(model_dir).signatures[name]
 
 
 def _caption_batch(signature, images: List[bytes]) -> List[str]:
@@ -311,8 +319,10 @@ class ModelDirError(ValueError):
     """`--model-dir` (or the latest push) is not a SavedModel version directory of a captioner."""
 
 
-def load_caption_signature(model_dir: str):
+def load_caption_signature(model_dir: str, beam: bool = False):
     """The captioning signature of a pushed SavedModel version directory.
+
+    `beam` picks the beam-search signature instead of the greedy one.
 
     Raises:
       ModelDirError: naming what is wrong: a missing path, a model base path
@@ -351,13 +361,19 @@ def load_caption_signature(model_dir: str):
         raise ModelDirError(
             f'could not load the SavedModel in {model_dir}: {first_line}'
         ) from error
-    signature = signatures.get(features.SERVING_SIGNATURE)
+    name = features.BEAM_SIGNATURE if beam else features.SERVING_SIGNATURE
+    signature = signatures.get(name)
+    if beam and signature is None and features.SERVING_SIGNATURE in signatures:
+        raise ModelDirError(
+            f'{model_dir} has no {name!r} signature: it was exported before beam search; '
+            'train it again, or caption without --beam.'
+        )
     if (
         signature is None
         or features.IMAGE_BYTES_INPUT not in signature.structured_input_signature[1]
     ):
         raise ModelDirError(
-            f'{model_dir} has no {features.SERVING_SIGNATURE!r} signature taking '
+            f'{model_dir} has no {name!r} signature taking '
             f'{features.IMAGE_BYTES_INPUT!r}: not a captioning model pushed by this pipeline.'
         )
     return signature
@@ -438,7 +454,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
             _error(args, 'no model has been pushed yet: run `caption-pipeline run`.')
             return 2
     try:
-        signature = load_caption_signature(model_dir)
+        signature = load_caption_signature(model_dir, beam=args.beam)
     except ModelDirError as e:
         what = '--model-dir' if args.model_dir else 'the latest pushed model'
         _error(args, f'{what}: {e}')

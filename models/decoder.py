@@ -1,4 +1,4 @@
-"""The GRU caption decoder: the Keras training model and its one-step greedy decoding.
+"""The GRU caption decoder: the Keras training model, greedy decoding and beam search.
 
 Training uses `build_decoder`, a teacher-forced Keras model
 ``(normalized image features, caption ids[:-1]) -> logits for ids[1:]``:
@@ -11,8 +11,10 @@ Inference reuses the *same layers* one token at a time: `initial_states` and
 them in a batched `tf.while_loop` that stops each row at ``<end>`` (no Python
 per token, no `py_function`). The loop uses only fixed-shape tensor ops
 (`tf.where` writes, no TensorArray) so the same step converts to TFLite
-builtins. `reference_greedy_decode` is the seed tutorial's algorithm (docs/architecture.md) (the whole
-Keras model re-run on the growing prefix per token), kept as the slow,
+builtins. `beam_search` runs the same step in a batched beam search (one
+top-k over beam x vocabulary per image and step), with the same fixed-shape
+ops. `reference_greedy_decode` is the seed tutorial's algorithm (docs/architecture.md; the whole Keras
+model re-run on the growing prefix per token), kept as the slow,
 obviously-correct reference for tests and the benchmark.
 """
 
@@ -213,6 +215,162 @@ def greedy_decode(
     # Generated words are exactly the ids past the reserved ones.
     length = tf.reduce_sum(tf.cast(token_ids >= NUM_RESERVED, tf.int32), axis=1)
     return token_ids, length
+
+
+LENGTH_NORMALIZATION = 'gnmt'
+"""How `beam_search` compares hypotheses of different lengths (recorded in the model metadata)."""
+LENGTH_NORMALIZATION_REFERENCE = (
+    'Wu et al. 2016, "Google\'s Neural Machine Translation System", arXiv:1609.08144, '
+    'section 7: lp(Y) = ((5 + |Y|) / 6) ** alpha; alpha = 0.6 as in Vaswani et al. 2017, '
+    'arXiv:1706.03762, section 6.1'
+)
+TIE_BREAK = 'equal scores: the lower beam index, then the lower token id (tf.math.top_k order)'
+
+
+def length_penalties(max_len: int, alpha: float) -> np.ndarray:
+    """GNMT's ``lp(n) = ((5 + n) / 6) ** alpha`` for n = 0..max_len, float32 [max_len + 1].
+
+    A hypothesis of n tokens (``<end>`` included) is ranked by its summed
+    log-probability divided by lp(n); ``alpha = 0`` gives lp = 1, the raw
+    log-probability.
+    """
+    lengths = np.arange(max_len + 1, dtype=np.float64)
+    return (((5.0 + lengths) / 6.0) ** float(alpha)).astype(np.float32)
+
+
+def max_beam_width(vocab_size: int) -> int:
+    """The widest beam a vocabulary allows: the number of tokens that may be generated."""
+    return vocab_size - len(_FORBIDDEN_IDS)
+
+
+def beam_search(
+    layers: DecoderLayers,
+    normalized_features: tf.Tensor,
+    max_len: int,
+    beam_width: int,
+    length_alpha: float,
+) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Batched beam search inside the graph: `beam_width` hypotheses per image.
+
+    One `tf.while_loop` over steps. Each step runs `decode_step` on every
+    image's `beam_width` hypotheses at once (a [batch * width] batch), then,
+    per image, keeps the `beam_width` best of the width x vocabulary
+    candidates with one `tf.math.top_k`:
+
+    - a live hypothesis of score s offers every word and ``<end>`` (never
+      ``<pad>``, ``<unk>`` or ``<start>``, as in greedy decoding), each with
+      score ``s + log p(token)`` (log-softmax over the whole vocabulary);
+    - a finished hypothesis (it emitted ``<end>``) offers only itself again,
+      emitting ``<pad>``, its score unchanged. Finished and live hypotheses
+      compete for the same slots.
+
+    Candidates are ranked by GNMT's length-normalised score (Wu et al. 2016,
+    section 7): ``score / lp(n)``, ``lp(n) = ((5 + n) / 6) ** length_alpha``,
+    n = tokens emitted (``<end>`` included). Live candidates of one step share
+    n, so among them this is the raw log-probability order; it matters when a
+    finished hypothesis competes with a longer live one, and for the final
+    choice. Equal scores go to the lower beam index, then the lower token id
+    (`tf.math.top_k` returns equal values in index order; TFLite's TOPK_V2
+    does the same). The loop stops when every hypothesis of every image has
+    emitted ``<end>``, or after `max_len` tokens. Hypotheses stay sorted by
+    normalised score, so the answer is each image's first one.
+
+    At step 0 all hypotheses of an image would be the same ``<start>``; only
+    the first is live (the others start at a score of -1e9), so the first
+    step keeps `beam_width` different first tokens. With ``beam_width = 1``
+    this is exactly greedy decoding.
+
+    Only fixed-shape tensor ops (gathers, selects, top-k; no TensorArray), so
+    it converts to TFLite builtins like `greedy_decode`.
+
+    Args:
+      layers: the decoder's layers.
+      normalized_features: float32 [batch, FEATURE_SIZE], z-scored as in training.
+      max_len: the most tokens to emit per caption, ``<end>`` included.
+      beam_width: hypotheses kept per image, from 1 to `max_beam_width`.
+      length_alpha: GNMT's alpha, >= 0 (0: rank by raw log-probability).
+
+    Returns:
+      token_ids int32 [batch, max_len] (words, ``<end>``, then ``<pad>``, as
+      `greedy_decode`), length int32 [batch] (words before ``<end>``) and
+      log_prob float32 [batch] (the chosen sequence's summed log-probability,
+      ``<end>`` included, not normalised).
+
+    Raises:
+      ValueError: a width out of range or a negative alpha.
+    """
+    vocab_size = layers.vocab_size
+    if not 1 <= beam_width <= max_beam_width(vocab_size):
+        raise ValueError(
+            f'beam_width must be in [1, {max_beam_width(vocab_size)}] for a vocabulary of '
+            f'{vocab_size} ids, got {beam_width}.'
+        )
+    if not length_alpha >= 0:
+        raise ValueError(f'length_alpha must be >= 0, got {length_alpha}.')
+    width = int(beam_width)
+    batch_size = tf.shape(normalized_features)[0]
+    hypotheses = batch_size * width
+    positions = tf.range(max_len, dtype=tf.int32)
+    penalties = tf.constant(length_penalties(max_len, length_alpha))
+    # Log-probability offsets of a live hypothesis (forbidden tokens out) and
+    # of a finished one (only <pad>, at no cost).
+    live_offset = np.zeros([vocab_size], np.float32)
+    live_offset[list(_FORBIDDEN_IDS)] = _FORBIDDEN_LOGIT
+    finished_offset = np.full([vocab_size], _FORBIDDEN_LOGIT, np.float32)
+    finished_offset[features.PAD_ID] = 0.0
+    # Hypothesis b of image i is row i * width + b of the flat [batch * width] batch.
+    first_of_image = tf.range(batch_size, dtype=tf.int32)[:, tf.newaxis] * width
+
+    def keep_going(step, tokens, states, token_ids, scores, lengths, finished):
+        del tokens, states, token_ids, scores, lengths
+        return tf.logical_and(step < max_len, tf.logical_not(tf.reduce_all(finished)))
+
+    def body(step, tokens, states, token_ids, scores, lengths, finished):
+        logits, states = decode_step(layers, tokens, states)
+        log_probs = tf.nn.log_softmax(logits, axis=-1)
+        log_probs = tf.where(
+            finished[:, tf.newaxis], finished_offset[tf.newaxis, :], log_probs + live_offset
+        )
+        candidate_scores = scores[:, tf.newaxis] + log_probs  # [batch * width, vocab]
+        candidate_lengths = tf.where(finished, lengths, lengths + 1)
+        normalized = candidate_scores / tf.gather(penalties, candidate_lengths)[:, tf.newaxis]
+        _, best = tf.math.top_k(tf.reshape(normalized, [batch_size, width * vocab_size]), k=width)
+        source_beam = best // vocab_size  # [batch, width]
+        tokens = tf.reshape(best - source_beam * vocab_size, [hypotheses])
+        source = tf.reshape(first_of_image + source_beam, [hypotheses])
+        flat_best = tf.reshape(first_of_image * vocab_size + best, [hypotheses])
+        scores = tf.gather(tf.reshape(candidate_scores, [-1]), flat_best)
+        lengths = tf.gather(candidate_lengths, source)
+        finished = tf.logical_or(tf.gather(finished, source), tf.equal(tokens, features.END_ID))
+        states = [tf.gather(state, source) for state in states]
+        token_ids = tf.where(
+            tf.equal(positions, step)[tf.newaxis, :],
+            tokens[:, tf.newaxis],
+            tf.gather(token_ids, source),
+        )
+        return step + 1, tokens, states, token_ids, scores, lengths, finished
+
+    initial_scores = np.full([width], _FORBIDDEN_LOGIT, np.float32)
+    initial_scores[0] = 0.0
+    loop_vars = (
+        tf.constant(0, tf.int32),
+        tf.fill([hypotheses], tf.constant(features.START_ID, tf.int32)),
+        [
+            tf.reshape(tf.tile(state[:, tf.newaxis, :], [1, width, 1]), [hypotheses, -1])
+            for state in initial_states(layers, normalized_features)
+        ],
+        tf.zeros([hypotheses, max_len], tf.int32),
+        tf.reshape(tf.tile(initial_scores[tf.newaxis, :], [batch_size, 1]), [hypotheses]),
+        tf.zeros([hypotheses], tf.int32),
+        tf.zeros([hypotheses], tf.bool),
+    )
+    _, _, _, token_ids, scores, _, _ = tf.while_loop(
+        keep_going, body, loop_vars, maximum_iterations=max_len
+    )
+    token_ids = tf.reshape(token_ids, [batch_size, width, max_len])[:, 0, :]
+    log_prob = tf.reshape(scores, [batch_size, width])[:, 0]
+    length = tf.reduce_sum(tf.cast(token_ids >= NUM_RESERVED, tf.int32), axis=1)
+    return token_ids, length, log_prob
 
 
 def ids_to_captions(token_ids: tf.Tensor, length: tf.Tensor, vocabulary: tf.Tensor) -> tf.Tensor:

@@ -8,7 +8,8 @@
    ``normalized = raw * scale + offset`` (`feature_normalization` reads them
    from Transform's graph),
 4. the trained decoder, run by `decoder.greedy_decode` (a batched
-   `tf.while_loop` that stops each row at ``<end>``),
+   `tf.while_loop` that stops each row at ``<end>``) or by
+   `decoder.beam_search` (the same step, a batched in-graph beam search),
 5. the id -> word table (the vocabulary as a constant; the file is also copied
    to the SavedModel's ``assets/``).
 
@@ -19,6 +20,13 @@ Signatures (names in `models.features`):
   `LENGTH_OUTPUT` int32[None].
 - `FEATURES_SIGNATURE`: `IMAGE_FEATURES_INPUT` float32[None, FEATURE_SIZE]
   (raw extractor features) -> the same outputs.
+- `BEAM_SIGNATURE` and `BEAM_FEATURES_SIGNATURE`: the same inputs as the two
+  above -> the same outputs plus `LOG_PROB_OUTPUT` float32[None], decoded by
+  beam search with the width and GNMT length-normalisation alpha fixed at
+  export. Those settings are written to ``assets.extra/decoding.json``
+  (`features.DECODING_FILE`, see `decoding_metadata`): TF Serving copies
+  ``assets.extra`` with the version but never reads it, and the signature
+  defs have no room for them.
 - `LOSS_SIGNATURE` (for the evaluator): `NORMALIZED_FEATURES_KEY`
   float32[None, FEATURE_SIZE] and `CAPTION_IDS_KEY` int64[None, max_len + 1]
   (Transform's output, one caption per row) -> `LOSS_OUTPUT` float32[None]
@@ -30,7 +38,9 @@ TFT ops, no dummy caption inputs and no lookup tables, so the same graph
 also converts to TFLite builtins.
 """
 
-from typing import Dict, List, Tuple
+import json
+import os
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -39,6 +49,7 @@ import tf_keras as keras
 
 from tfx_captioning.models import decoder, features, image_preprocessing
 from tfx_captioning.models import encoder as encoder_lib
+from tfx_captioning.models.hparams import HParams
 
 
 def feature_normalization(tft_output: tft.TFTransformOutput) -> Tuple[np.ndarray, np.ndarray]:
@@ -87,7 +98,7 @@ def read_vocabulary(vocabulary_file: str) -> List[str]:
 
 
 class CaptionModel:
-    """The combined model's computation: normalisation, greedy decoding, id -> word.
+    """The combined model's computation: normalisation, greedy or beam decoding, id -> word.
 
     A plain Python object over the Keras encoder and decoder (so the TFLite
     variant can reuse the same pieces); `serving_module` turns it into the
@@ -100,6 +111,8 @@ class CaptionModel:
       vocabulary_file: Transform's vocabulary file.
       words: the vocabulary, in id order.
       max_len: the most tokens emitted per caption, ``<end>`` included.
+      beam_width: hypotheses per image of the beam-search signatures.
+      beam_length_alpha: GNMT length-normalisation alpha of the beam search.
     """
 
     def __init__(
@@ -110,6 +123,8 @@ class CaptionModel:
         feature_offset: np.ndarray,
         vocabulary_file: str,
         max_len: int,
+        beam_width: int = HParams.beam_width,
+        beam_length_alpha: float = HParams.beam_length_alpha,
     ):
         """Args:
         encoder: float32 [N, 299, 299, 3] in [-1, 1] -> float32 [N, FEATURE_SIZE].
@@ -118,9 +133,12 @@ class CaptionModel:
         feature_offset: float32 [FEATURE_SIZE], from `feature_normalization`.
         vocabulary_file: Transform's vocabulary (copied to the SavedModel's assets).
         max_len: the most tokens to emit per caption, ``<end>`` included.
+        beam_width: hypotheses per image of the beam search (1 = greedy).
+        beam_length_alpha: GNMT's length-normalisation alpha (0 = raw log-probability).
 
         Raises:
-          ValueError: the vocabulary does not match the decoder, or max_len < 1.
+          ValueError: the vocabulary does not match the decoder, max_len < 1,
+            or beam settings out of range.
         """
         self.words = read_vocabulary(vocabulary_file)
         self.decoder_layers = decoder.DecoderLayers.from_model(decoder_model)
@@ -131,10 +149,20 @@ class CaptionModel:
             )
         if max_len < 1:
             raise ValueError(f'max_len must be >= 1, got {max_len}.')
+        widest = decoder.max_beam_width(len(self.words))
+        if not 1 <= beam_width <= widest:
+            raise ValueError(
+                f'beam_width must be in [1, {widest}] (the tokens this vocabulary can '
+                f'generate), got {beam_width}.'
+            )
+        if not beam_length_alpha >= 0:
+            raise ValueError(f'beam_length_alpha must be >= 0, got {beam_length_alpha}.')
         self.encoder = encoder
         self.decoder_model = decoder_model
         self.vocabulary_file = vocabulary_file
         self.max_len = int(max_len)
+        self.beam_width = int(beam_width)
+        self.beam_length_alpha = float(beam_length_alpha)
         self._vocabulary = tf.constant(self.words)
         self._scale = tf.constant(np.asarray(feature_scale, np.float32))
         self._offset = tf.constant(np.asarray(feature_offset, np.float32))
@@ -159,9 +187,60 @@ class CaptionModel:
             features.LENGTH_OUTPUT: length,
         }
 
+    def decode_beam(self, normalized_features: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """Normalised features [N, FEATURE_SIZE] -> the beam signatures' outputs."""
+        token_ids, length, log_prob = decoder.beam_search(
+            self.decoder_layers,
+            normalized_features,
+            self.max_len,
+            self.beam_width,
+            self.beam_length_alpha,
+        )
+        return {
+            features.CAPTION_OUTPUT: decoder.ids_to_captions(token_ids, length, self._vocabulary),
+            features.TOKEN_IDS_OUTPUT: token_ids,
+            features.LENGTH_OUTPUT: length,
+            features.LOG_PROB_OUTPUT: log_prob,
+        }
+
     def caption_from_features(self, image_features: tf.Tensor) -> Dict[str, tf.Tensor]:
         """Raw float32 [N, FEATURE_SIZE] features (as the extractor writes them) -> outputs."""
         return self.decode(self.normalize(image_features))
+
+    def caption_beam_from_features(self, image_features: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """Raw float32 [N, FEATURE_SIZE] features -> the beam search's outputs."""
+        return self.decode_beam(self.normalize(image_features))
+
+    def decoding_metadata(
+        self,
+        greedy_signatures: Sequence[str] = (
+            features.SERVING_SIGNATURE,
+            features.FEATURES_SIGNATURE,
+        ),
+        beam_signatures: Sequence[str] = (
+            features.BEAM_SIGNATURE,
+            features.BEAM_FEATURES_SIGNATURE,
+        ),
+    ) -> Dict[str, Any]:
+        """The decoding settings fixed in the exported graphs, for `features.DECODING_FILE`.
+
+        Args:
+          greedy_signatures: the signatures that decode greedily.
+          beam_signatures: the signatures that decode by beam search.
+        """
+        return {
+            'max_len': self.max_len,
+            'greedy': {'signatures': list(greedy_signatures)},
+            'beam_search': {
+                'signatures': list(beam_signatures),
+                'beam_width': self.beam_width,
+                'length_normalization': decoder.LENGTH_NORMALIZATION,
+                'length_alpha': self.beam_length_alpha,
+                'score': 'log_prob / ((5 + n) / 6) ** length_alpha, n = tokens incl. <end>',
+                'reference': decoder.LENGTH_NORMALIZATION_REFERENCE,
+                'ties': decoder.TIE_BREAK,
+            },
+        }
 
     def caption_loss(
         self, normalized_features: tf.Tensor, caption_ids: tf.Tensor
@@ -192,6 +271,11 @@ class CaptionModel:
         images = image_preprocessing.preprocess_batch(image_bytes)
         return self.caption_from_features(self.encoder(images, training=False))
 
+    def caption_beam_from_images(self, image_bytes: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """Encoded images string [N] -> the beam search's outputs (same decoding path)."""
+        images = image_preprocessing.preprocess_batch(image_bytes)
+        return self.caption_beam_from_features(self.encoder(images, training=False))
+
 
 def serving_module(model: CaptionModel) -> tf.Module:
     """The `tf.Module` to save: variables, vocabulary asset and the signature functions.
@@ -201,8 +285,9 @@ def serving_module(model: CaptionModel) -> tf.Module:
     (minutes on a CPU), and loading needs no Keras.
 
     Returns:
-      A module with ``caption_from_images``, ``caption_from_features`` and
-      ``caption_loss`` `tf.function`s (see `signatures`).
+      A module with ``caption_from_images``, ``caption_from_features``,
+      their ``caption_beam_*`` twins and ``caption_loss`` `tf.function`s
+      (see `signatures`).
     """
     module = tf.Module(name='caption_model')
     # Tracked so that the functions' captured variables are saved with the module.
@@ -225,6 +310,20 @@ def serving_module(model: CaptionModel) -> tf.Module:
         autograph=False,
         input_signature=[tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES_INPUT)],
     )
+    module.caption_beam_from_features = tf.function(
+        model.caption_beam_from_features,
+        autograph=False,
+        input_signature=[
+            tf.TensorSpec(
+                [None, features.FEATURE_SIZE], tf.float32, name=features.IMAGE_FEATURES_INPUT
+            )
+        ],
+    )
+    module.caption_beam_from_images = tf.function(
+        model.caption_beam_from_images,
+        autograph=False,
+        input_signature=[tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES_INPUT)],
+    )
     module.caption_loss = tf.function(
         model.caption_loss,
         autograph=False,
@@ -243,14 +342,37 @@ def signatures(module: tf.Module) -> Dict[str, tf.types.experimental.ConcreteFun
     return {
         features.SERVING_SIGNATURE: module.caption_from_images.get_concrete_function(),
         features.FEATURES_SIGNATURE: module.caption_from_features.get_concrete_function(),
+        features.BEAM_SIGNATURE: module.caption_beam_from_images.get_concrete_function(),
+        features.BEAM_FEATURES_SIGNATURE: (
+            module.caption_beam_from_features.get_concrete_function()
+        ),
         features.LOSS_SIGNATURE: module.caption_loss.get_concrete_function(),
     }
 
 
+def write_decoding_metadata(metadata: Dict[str, Any], directory: str) -> str:
+    """Writes `metadata` (see `CaptionModel.decoding_metadata`) as `directory/DECODING_FILE`.
+
+    Returns:
+      The file's path.
+    """
+    tf.io.gfile.makedirs(directory)
+    path = os.path.join(directory, features.DECODING_FILE)
+    with tf.io.gfile.GFile(path, 'w') as f:
+        f.write(json.dumps(metadata, indent=2, sort_keys=True) + '\n')
+    return path
+
+
 def save_caption_model(model: CaptionModel, export_dir: str) -> None:
-    """Writes `model` as a SavedModel with its signatures (see the module docstring)."""
+    """Writes `model` as a SavedModel with its signatures (see the module docstring).
+
+    The beam search's settings go to ``assets.extra/decoding.json`` beside it.
+    """
     module = serving_module(model)
     tf.saved_model.save(module, export_dir, signatures=signatures(module))
+    write_decoding_metadata(
+        model.decoding_metadata(), os.path.join(export_dir, features.WARMUP_REQUESTS_DIR)
+    )
 
 
 def export_serving_model(
@@ -259,6 +381,8 @@ def export_serving_model(
     encoder_dir: str,
     tft_output: tft.TFTransformOutput,
     max_len: int,
+    beam_width: int = HParams.beam_width,
+    beam_length_alpha: float = HParams.beam_length_alpha,
 ) -> CaptionModel:
     """Builds the combined model from the Trainer's pieces and saves it to `export_dir`.
 
@@ -268,6 +392,8 @@ def export_serving_model(
       encoder_dir: the extractor's encoder Model artifact (``fn_args.base_model``).
       tft_output: Transform's output (normalisation and vocabulary).
       max_len: the most tokens to emit per caption.
+      beam_width: hypotheses per image of the beam-search signatures.
+      beam_length_alpha: GNMT length-normalisation alpha of the beam search.
 
     Returns:
       The saved model's computation (for further exports, such as TFLite).
@@ -280,6 +406,8 @@ def export_serving_model(
         feature_offset=offset,
         vocabulary_file=tft_output.vocabulary_file_by_name(features.VOCAB_NAME),
         max_len=max_len,
+        beam_width=beam_width,
+        beam_length_alpha=beam_length_alpha,
     )
     save_caption_model(model, export_dir)
     return model

@@ -81,6 +81,19 @@ TOKEN_IDS_OUTPUT = 'token_ids'
 """int32[None, max_len]: generated ids, `<end>` included, then `<pad>`."""
 LENGTH_OUTPUT = 'length'
 """int32[None]: number of words in `caption` (without `<end>`)."""
+BEAM_SIGNATURE = 'caption_beam'
+"""`IMAGE_BYTES_INPUT` -> the outputs of `SERVING_SIGNATURE` plus `LOG_PROB_OUTPUT`, decoded
+by an in-graph beam search (width and length normalisation fixed at export, see
+`DECODING_FILE`)."""
+BEAM_FEATURES_SIGNATURE = 'caption_beam_from_features'
+"""`IMAGE_FEATURES_INPUT` (as `FEATURES_SIGNATURE`) -> the outputs of `BEAM_SIGNATURE`."""
+LOG_PROB_OUTPUT = 'log_prob'
+"""float32[None]: summed natural-log probability of the chosen sequence, `<end>` included
+(not length-normalised)."""
+DECODING_FILE = 'decoding.json'
+"""The decoding settings fixed at export (greedy and beam: width, length normalisation and
+its reference), as JSON: in a SavedModel's `WARMUP_REQUESTS_DIR` (``assets.extra/``, which
+TF Serving copies but never reads), and beside `TFLITE_FILE`."""
 
 # --- Vocabulary ids and caption normalisation (Transform) ------------------------
 PAD_ID, UNK_ID, START_ID, END_ID = range(len(RESERVED_TOKENS))
@@ -154,7 +167,11 @@ TFLITE_SIGNATURE = 'serving_default'
 TFLITE_IMAGE_INPUT = 'image'
 """float32[1, IMAGE_SIZE, IMAGE_SIZE, 3]: RGB resized to 299x299 and scaled to [-1, 1]."""
 TFLITE_TOKEN_IDS_OUTPUT = 'token_ids'
-"""int32[1, max_len]: greedy ids, `<end>` included, then `<pad>`."""
+"""int32[1, max_len]: generated ids, `<end>` included, then `<pad>`."""
+TFLITE_BEAM_SIGNATURE = 'caption_beam'
+"""`TFLITE_IMAGE_INPUT` -> `TFLITE_TOKEN_IDS_OUTPUT` and `TFLITE_LOG_PROB_OUTPUT`, beam search."""
+TFLITE_LOG_PROB_OUTPUT = 'log_prob'
+"""float32[1]: summed log-probability of the beam search's chosen sequence."""
 
 # --- The captioning field's metrics (coco-caption toolkit, models/caption_metrics.py) ----
 METRIC_NAMES = ('BLEU-1', 'BLEU-2', 'BLEU-3', 'BLEU-4', 'METEOR', 'ROUGE-L', 'CIDEr-D')

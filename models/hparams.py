@@ -39,6 +39,15 @@ class HParams:
         ships the smallest that agrees with the SavedModel), one of
         'dynamic', 'float16', 'float32' (only that one, still gated), or
         'none' to skip TFLite.
+      beam_width: hypotheses kept per image by the beam search of the
+        `caption_beam` signatures (SavedModel and TFLite); 1 gives the greedy
+        captions. Show and Tell's im2txt decodes with 3.
+      beam_length_alpha: the alpha of GNMT's length normalisation (Wu et al.
+        2016, arXiv:1609.08144, section 7): hypotheses are ranked by
+        ``log P(Y) / ((5 + |Y|) / 6) ** alpha``, ``|Y|`` counting ``<end>``.
+        0 ranks by the raw log-probability (which favours short captions);
+        0.6 is the value the Transformer paper decodes with, using GNMT's
+        formula (Vaswani et al. 2017, arXiv:1706.03762, section 6.1).
     """
 
     embedding_dim: int = 256
@@ -53,6 +62,8 @@ class HParams:
     shuffle_buffer: int = 10_000
     seed: int = 0
     tflite_quantization: str = 'auto'
+    beam_width: int = 3
+    beam_length_alpha: float = 0.6
 
     def validate(self) -> 'HParams':
         """Checks every field; returns self so calls can chain.
@@ -61,7 +72,7 @@ class HParams:
           ValueError: naming each field that is out of range.
         """
         problems = []
-        for name in ('embedding_dim', 'units', 'num_layers', 'batch_size', 'epochs'):
+        for name in ('embedding_dim', 'units', 'num_layers', 'batch_size', 'epochs', 'beam_width'):
             if getattr(self, name) < 1:
                 problems.append(f'{name} must be >= 1, got {getattr(self, name)}')
         for name in ('patience', 'shuffle_buffer', 'seed'):
@@ -69,6 +80,8 @@ class HParams:
                 problems.append(f'{name} must be >= 0, got {getattr(self, name)}')
         if not self.learning_rate > 0:
             problems.append(f'learning_rate must be > 0, got {self.learning_rate}')
+        if not self.beam_length_alpha >= 0:
+            problems.append(f'beam_length_alpha must be >= 0, got {self.beam_length_alpha}')
         if self.max_len < 2:
             problems.append(f'max_len must be >= 2 (one word and <end>), got {self.max_len}')
         if self.min_word_count < 1:

@@ -265,6 +265,8 @@ def run_fn(fn_args) -> None:
         encoder_dir=fn_args.base_model,
         tft_output=tft_output,
         max_len=max_len,
+        beam_width=hparams.beam_width,
+        beam_length_alpha=hparams.beam_length_alpha,
     )
     # The phone variants of the same weights, beside Format-Serving in the Model
     # artifact (Format-TFLite/<quantization>/): the evaluator measures each

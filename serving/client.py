@@ -7,6 +7,7 @@ stubs.
     with CaptionClient('localhost:8500') as client:
         result = client.caption([open('photo.jpg', 'rb').read()])
         print(result.version, result.captions[0].text)
+        beam = client.caption([...], signature=features.BEAM_SIGNATURE)  # + log_prob
 
 Every call has a deadline. Calls that fail with UNAVAILABLE (server not up
 yet, restarting, connection dropped, batch queue full) are retried with
@@ -98,11 +99,14 @@ class Caption:
       text: the words, space separated, no special tokens.
       token_ids: the generated ids (`<end>` included), padding removed.
       length: the number of words in `text`.
+      log_prob: the sequence's summed log-probability, from signatures that
+        return it (beam search); None otherwise.
     """
 
     text: str
     token_ids: Tuple[int, ...]
     length: int
+    log_prob: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,6 +298,7 @@ class CaptionClient:
         *,
         version: Optional[int] = None,
         version_label: Optional[str] = None,
+        signature: str = features.SERVING_SIGNATURE,
     ) -> CaptionResult:
         """Captions encoded images (JPEG, PNG, GIF, BMP) in one request.
 
@@ -301,6 +306,9 @@ class CaptionClient:
           images: the encoded image files' bytes, as read from disk.
           version: a specific version (default: the latest).
           version_label: a version label (instead of `version`).
+          signature: a signature taking `features.IMAGE_BYTES_INPUT`: the
+            greedy `SERVING_SIGNATURE` (default) or the beam search's
+            `BEAM_SIGNATURE`, which also returns each caption's log-probability.
 
         Returns:
           One caption per image, in order, and the version that answered.
@@ -313,6 +321,7 @@ class CaptionClient:
             raise ValueError('caption() needs at least one image.')
         response = self.predict(
             {features.IMAGE_BYTES_INPUT: protocol.string_tensor_proto(images)},
+            signature_name=signature,
             version=version,
             version_label=version_label,
         )
@@ -322,6 +331,11 @@ class CaptionClient:
                 response.outputs[features.TOKEN_IDS_OUTPUT]
             )
             lengths = protocol.tensor_proto_to_ndarray(response.outputs[features.LENGTH_OUTPUT])
+            log_probs = (
+                protocol.tensor_proto_to_ndarray(response.outputs[features.LOG_PROB_OUTPUT])
+                if features.LOG_PROB_OUTPUT in response.outputs
+                else [None] * len(texts)
+            )
         except (KeyError, ValueError) as error:
             raise CaptionClientError(
                 'Predict',
@@ -330,12 +344,17 @@ class CaptionClient:
                 f'outputs were {sorted(response.outputs)}',
             ) from None
         captions = []
-        for text, ids, length in zip(texts, np.asarray(token_ids), lengths):
+        for text, ids, length, log_prob in zip(texts, np.asarray(token_ids), lengths, log_probs):
             kept = [int(token) for token in ids]
             while kept and kept[-1] == features.PAD_ID:
                 kept.pop()
             captions.append(
-                Caption(text=bytes(text).decode('utf-8'), token_ids=tuple(kept), length=int(length))
+                Caption(
+                    text=bytes(text).decode('utf-8'),
+                    token_ids=tuple(kept),
+                    length=int(length),
+                    log_prob=None if log_prob is None else float(log_prob),
+                )
             )
         return CaptionResult(
             model_name=response.model_spec.name,

@@ -1,6 +1,7 @@
 """`caption-client`: captions images through TF Serving (or the local stand-in) over gRPC.
 
     caption-client --server localhost:8500 --model captioner photo1.jpg photo2.png
+    caption-client --server localhost:8500 --beam photo.jpg   # = --signature caption_beam
     caption-client --server localhost:8500 --metadata
     caption-client --server localhost:8500 --status
 
@@ -37,6 +38,17 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         '--retries', type=int, default=4, help='retries on UNAVAILABLE, with backoff'
     )
     parser.add_argument('--json', action='store_true', help='print JSON')
+    decoding = parser.add_mutually_exclusive_group()
+    decoding.add_argument(
+        '--signature',
+        default=features.SERVING_SIGNATURE,
+        help='the signature that captions (default: %(default)s, greedy)',
+    )
+    decoding.add_argument(
+        '--beam',
+        action='store_true',
+        help=f'beam-search captions: short for --signature {features.BEAM_SIGNATURE}',
+    )
     actions = parser.add_mutually_exclusive_group()
     actions.add_argument('--metadata', action='store_true', help='print the model signatures')
     actions.add_argument('--status', action='store_true', help='print the version states')
@@ -87,7 +99,8 @@ def _run(args: argparse.Namespace) -> None:
                 error = f' {state.error_code}: {state.error_message}' if state.error_message else ''
                 print(f'version {state.version}: {state.state}{error}')
             return
-        result = client.caption(_read_images(args.images), **version_choice)
+        signature = features.BEAM_SIGNATURE if args.beam else args.signature
+        result = client.caption(_read_images(args.images), signature=signature, **version_choice)
         if args.json:
             print(
                 json.dumps(

@@ -33,7 +33,11 @@ def build_fixture_caption_model(export_dir: str, noun: str = 'picture') -> str:
     real model's), takes the mean pixel, picks the nearest colour word and
     emits caption / token_ids / length exactly shaped like the real model.
     `caption_from_features` reads the colour from the first three features.
-    Different `noun`s make distinguishable versions for hot-swap tests.
+    `caption_beam` and `caption_beam_from_features` give the same captions
+    plus `log_prob`: the log-softmax of the negative colour distances at the
+    chosen colour (a number with the real output's dtype, shape and sign, not
+    a beam search). Different `noun`s make distinguishable versions for
+    hot-swap tests.
 
     Args:
       export_dir: where to write the SavedModel (must not exist).
@@ -64,10 +68,11 @@ def build_fixture_caption_model(export_dir: str, noun: str = 'picture') -> str:
             self.vocabulary = tf.constant(words)
             self.palette = tf.constant(palette, tf.float32)
 
+        def _distances(self, colour):
+            return tf.reduce_sum(tf.square(colour[:, None, :] - self.palette[None, :, :]), axis=-1)
+
         def _caption(self, colour):
-            distances = tf.reduce_sum(
-                tf.square(colour[:, None, :] - self.palette[None, :, :]), axis=-1
-            )
+            distances = self._distances(colour)
             colour_ids = first_colour_id + tf.argmin(distances, axis=1, output_type=tf.int32)
             rows = tf.shape(colour)[0]
             ids = tf.stack(
@@ -89,12 +94,25 @@ def build_fixture_caption_model(export_dir: str, noun: str = 'picture') -> str:
                 features.LENGTH_OUTPUT: tf.fill([rows], 3),
             }
 
+        def _beam_caption(self, colour):
+            outputs = self._caption(colour)
+            log_probs = tf.nn.log_softmax(-self._distances(colour), axis=1)
+            outputs[features.LOG_PROB_OUTPUT] = tf.reduce_max(log_probs, axis=1)
+            return outputs
+
         @tf.function(
             input_signature=[tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES_INPUT)]
         )
         def serve(self, encoded_images):
             pixels = image_preprocessing.preprocess_batch(encoded_images)
             return self._caption(tf.reduce_mean(pixels, axis=[1, 2]))
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES_INPUT)]
+        )
+        def serve_beam(self, encoded_images):
+            pixels = image_preprocessing.preprocess_batch(encoded_images)
+            return self._beam_caption(tf.reduce_mean(pixels, axis=[1, 2]))
 
         @tf.function(
             input_signature=[
@@ -106,6 +124,16 @@ def build_fixture_caption_model(export_dir: str, noun: str = 'picture') -> str:
         def from_features(self, image_features):
             return self._caption(tf.tanh(image_features[:, :3]))
 
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec(
+                    [None, features.FEATURE_SIZE], tf.float32, name=features.IMAGE_FEATURES_INPUT
+                )
+            ]
+        )
+        def beam_from_features(self, image_features):
+            return self._beam_caption(tf.tanh(image_features[:, :3]))
+
     module = FixtureCaptionModel()
     tf.saved_model.save(
         module,
@@ -113,6 +141,8 @@ def build_fixture_caption_model(export_dir: str, noun: str = 'picture') -> str:
         signatures={
             features.SERVING_SIGNATURE: module.serve,
             features.FEATURES_SIGNATURE: module.from_features,
+            features.BEAM_SIGNATURE: module.serve_beam,
+            features.BEAM_FEATURES_SIGNATURE: module.beam_from_features,
         },
     )
     request = predict_pb2.PredictRequest()

@@ -2,6 +2,7 @@
 
     caption-tflite build/tflite/captioner/<version>/model.tflite photo.jpg holiday/
     caption-tflite build/tflite/captioner/<version> photos/ --json
+    caption-tflite --beam build/tflite/captioner/<version> photo.jpg
 
 Images are files or directories. Each good image gets a `file<TAB>caption`
 line; each bad one a `file<TAB>error: reason` line on stderr (not decodable,
@@ -48,6 +49,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         help='print one JSON object per file: {"file", "caption"} or {"file", "error"}',
     )
     parser.add_argument('--verbose', action='store_true', help='show the traceback of failures')
+    parser.add_argument(
+        '--beam', action='store_true', help="decode with the model's beam search (caption_beam)"
+    )
     args = parser.parse_args(argv)
     model_path = args.model
     if os.path.isdir(model_path):
@@ -56,7 +60,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from tfx_captioning.models.tflite_runtime import TFLiteCaptioner
 
     try:
-        captioner = TFLiteCaptioner(model_path)
+        captioner = TFLiteCaptioner(model_path, beam=args.beam)
     except (OSError, ValueError) as error:  # missing files; not a TFLite flatbuffer
         if args.verbose:
             traceback.print_exc()

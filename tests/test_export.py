@@ -12,9 +12,10 @@ import tensorflow as tf
 import tf_keras as keras
 from tensorflow.core.protobuf import saved_model_pb2
 
-from tests import captioning_fixtures
+from tests import beam_reference, captioning_fixtures
 from tests.flickr8k_fixtures import jpeg_bytes, png_bytes
 from tfx_captioning.models import decoder, export, features, image_preprocessing, trainer
+from tfx_captioning.serving.fixture_model import fixture_image_bytes, fixture_serving_images
 
 # Runs in a fresh interpreter, outside the repository, importing only TensorFlow.
 _CLIENT = textwrap.dedent(
@@ -31,6 +32,12 @@ _CLIENT = textwrap.dedent(
         out = serve(**{names['input']: tf.constant(batch)})
         return {key: value.numpy().tolist() for key, value in out.items()}
 
+    try:
+        run([b'not an image'])
+        bad_image = 'accepted'
+    except tf.errors.InvalidArgumentError as error:
+        bad_image = 'InvalidArgumentError'
+
     def text(result):
         result[names['caption']] = [c.decode() for c in result[names['caption']]]
         return result
@@ -42,15 +49,18 @@ _CLIENT = textwrap.dedent(
     print(json.dumps({
         'batch': text(run(images)),
         'single': [text(run([image])) for image in images],
+        'bad_image': bad_image,
         'project_modules': project,
     }))
     """
 )
 
 
-def _caption_in_fresh_process(saved_model_dir, image_paths, tmp_path):
+def _caption_in_fresh_process(
+    saved_model_dir, image_paths, tmp_path, signature=features.SERVING_SIGNATURE
+):
     names = {
-        'signature': features.SERVING_SIGNATURE,
+        'signature': signature,
         'input': features.IMAGE_BYTES_INPUT,
         'caption': features.CAPTION_OUTPUT,
     }
@@ -118,6 +128,17 @@ def images(tmp_path_factory):
     return paths
 
 
+@pytest.fixture(scope='module')
+def every_format(tmp_path_factory):
+    """Paths of JPEG, PNG, GIF, BMP, grayscale, CMYK, RGBA and palette images and a noisy photo."""
+    directory = tmp_path_factory.mktemp('every_format')
+    images = dict(fixture_serving_images())
+    images['cmyk.jpg'] = fixture_image_bytes('JPEG', (200, 120, 30), mode='CMYK')
+    for name, data in images.items():
+        (directory / name).write_bytes(data)
+    return [str(directory / name) for name in sorted(images)]
+
+
 def test_feature_normalization_equals_transform(caption_transform_run):
     tft_output = caption_transform_run.tft_output
     scale, offset = export.feature_normalization(tft_output)
@@ -134,13 +155,12 @@ def test_feature_normalization_equals_transform(caption_transform_run):
 
 
 def test_signatures_names_dtypes_and_shapes(loaded, caption_hparams):
+    from_features = (features.IMAGE_FEATURES_INPUT, tf.float32, [None, features.FEATURE_SIZE])
     expected_inputs = {
         features.SERVING_SIGNATURE: (features.IMAGE_BYTES_INPUT, tf.string, [None]),
-        features.FEATURES_SIGNATURE: (
-            features.IMAGE_FEATURES_INPUT,
-            tf.float32,
-            [None, features.FEATURE_SIZE],
-        ),
+        features.FEATURES_SIGNATURE: from_features,
+        features.BEAM_SIGNATURE: (features.IMAGE_BYTES_INPUT, tf.string, [None]),
+        features.BEAM_FEATURES_SIGNATURE: from_features,
     }
     assert set(expected_inputs) <= set(loaded.signatures)
     for name, (input_name, dtype, shape) in expected_inputs.items():
@@ -156,6 +176,11 @@ def test_signatures_names_dtypes_and_shapes(loaded, caption_hparams):
         assert outputs[features.TOKEN_IDS_OUTPUT].shape.as_list() == [None, caption_hparams.max_len]
         assert outputs[features.LENGTH_OUTPUT].dtype == tf.int32
         assert outputs[features.LENGTH_OUTPUT].shape.as_list() == [None]
+        beam = name in (features.BEAM_SIGNATURE, features.BEAM_FEATURES_SIGNATURE)
+        assert (features.LOG_PROB_OUTPUT in outputs) == beam
+        if beam:
+            assert outputs[features.LOG_PROB_OUTPUT].dtype == tf.float32
+            assert outputs[features.LOG_PROB_OUTPUT].shape.as_list() == [None]
 
 
 def test_vocabulary_file_is_a_saved_model_asset(exported):
@@ -168,6 +193,7 @@ def test_fresh_process_captions_jpeg_and_png_batched_and_single(exported, images
     export_dir, caption_model = exported
     out = _caption_in_fresh_process(export_dir, images, tmp_path)
     assert out['project_modules'] == []
+    assert out['bad_image'] == 'InvalidArgumentError'
     batch = out['batch']
     assert len(batch[features.CAPTION_OUTPUT]) == len(images)
     for i, single in enumerate(out['single']):
@@ -277,3 +303,146 @@ def test_graph_has_no_python_ops(exported):
         ops |= {node.op for node in function.node_def}
     assert 'While' in ops or 'StatelessWhile' in ops  # the decoding loop is in the graph
     assert not ops & {'PyFunc', 'EagerPyFunc', 'PyFuncStateless'}
+
+
+# --- Beam search signatures ------------------------------------------------------------
+
+
+def test_fresh_process_captions_every_format_by_beam_search_batched_and_single(
+    exported, every_format, tmp_path
+):
+    export_dir, caption_model = exported
+    out = _caption_in_fresh_process(export_dir, every_format, tmp_path, features.BEAM_SIGNATURE)
+    assert out['project_modules'] == []
+    assert out['bad_image'] == 'InvalidArgumentError'
+    batch = out['batch']
+    assert len(batch[features.CAPTION_OUTPUT]) == len(every_format)
+    for i, single in enumerate(out['single']):
+        for key in (features.TOKEN_IDS_OUTPUT, features.CAPTION_OUTPUT, features.LENGTH_OUTPUT):
+            assert single[key] == [batch[key][i]]
+        # Float sums may differ in the last bits with the batch size (matmul blocking).
+        assert single[features.LOG_PROB_OUTPUT][0] == pytest.approx(
+            batch[features.LOG_PROB_OUTPUT][i], abs=1e-4
+        )
+    for caption, ids, length, log_prob in zip(
+        batch[features.CAPTION_OUTPUT],
+        batch[features.TOKEN_IDS_OUTPUT],
+        batch[features.LENGTH_OUTPUT],
+        batch[features.LOG_PROB_OUTPUT],
+    ):
+        assert caption == ' '.join(caption_model.words[i] for i in ids[:length])
+        assert log_prob < 0
+    assert any(batch[features.LENGTH_OUTPUT])
+
+
+def test_bad_images_fail_the_beam_signature_as_they_fail_serving_default(loaded):
+    for data in (b'not an image', b'', b'\x89PNG\r\n\x1a\n' + b'\x00' * 20):
+        messages = []
+        for name in (features.SERVING_SIGNATURE, features.BEAM_SIGNATURE):
+            with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+                loaded.signatures[name](**{features.IMAGE_BYTES_INPUT: tf.constant([data])})
+            messages.append(raised.value.message.splitlines()[0])
+        assert messages[0] == messages[1]
+
+
+def test_caption_beam_from_features_agrees_with_caption_beam(exported, loaded, images):
+    _, caption_model = exported
+    image_bytes = tf.constant([open(p, 'rb').read() for p in images])
+    from_images = loaded.signatures[features.BEAM_SIGNATURE](
+        **{features.IMAGE_BYTES_INPUT: image_bytes}
+    )
+    raw_features = caption_model.encoder(image_preprocessing.preprocess_batch(image_bytes))
+    from_features = loaded.signatures[features.BEAM_FEATURES_SIGNATURE](
+        **{features.IMAGE_FEATURES_INPUT: raw_features}
+    )
+    for key in (features.TOKEN_IDS_OUTPUT, features.LENGTH_OUTPUT, features.CAPTION_OUTPUT):
+        np.testing.assert_array_equal(from_images[key].numpy(), from_features[key].numpy())
+    np.testing.assert_allclose(
+        from_images[features.LOG_PROB_OUTPUT].numpy(),
+        from_features[features.LOG_PROB_OUTPUT].numpy(),
+        atol=1e-5,
+    )
+
+
+def test_exported_beam_search_equals_the_numpy_reference(exported, loaded, caption_hparams):
+    _, caption_model = exported
+    raw = np.stack(
+        [i[features.IMAGE_FEATURES_KEY] for i in captioning_fixtures.synthetic_images(6, seed=3)]
+    )
+    out = loaded.signatures[features.BEAM_FEATURES_SIGNATURE](
+        **{features.IMAGE_FEATURES_INPUT: tf.constant(raw)}
+    )
+    expected_ids, expected_log_prob = beam_reference.beam_search(
+        beam_reference.NumpyDecoder.from_layers(caption_model.decoder_layers),
+        caption_model.normalize(tf.constant(raw)).numpy(),
+        caption_hparams.max_len,
+        caption_model.beam_width,
+        caption_model.beam_length_alpha,
+    )
+    np.testing.assert_array_equal(out[features.TOKEN_IDS_OUTPUT].numpy(), expected_ids)
+    np.testing.assert_allclose(out[features.LOG_PROB_OUTPUT].numpy(), expected_log_prob, atol=1e-4)
+
+
+def test_beam_settings_are_recorded_beside_the_saved_model(exported):
+    export_dir, caption_model = exported
+    path = os.path.join(export_dir, features.WARMUP_REQUESTS_DIR, features.DECODING_FILE)
+    with open(path) as f:
+        recorded = json.load(f)
+    beam = recorded['beam_search']
+    assert (beam['beam_width'], beam['length_alpha']) == (3, pytest.approx(0.6))
+    assert (caption_model.beam_width, caption_model.beam_length_alpha) == (3, 0.6)
+    assert beam['length_normalization'] == 'gnmt' and 'arXiv:1609.08144' in beam['reference']
+    assert beam['signatures'] == [features.BEAM_SIGNATURE, features.BEAM_FEATURES_SIGNATURE]
+    assert recorded['greedy']['signatures'] == [
+        features.SERVING_SIGNATURE,
+        features.FEATURES_SIGNATURE,
+    ]
+    assert recorded['max_len'] == caption_model.max_len
+
+
+def test_beam_width_beyond_the_vocabulary_is_refused(caption_hparams, tmp_path):
+    vocabulary = captioning_fixtures.write_vocabulary(['a', 'b'], str(tmp_path / 'vocab'))
+    decoder_model = decoder.build_decoder(caption_hparams, len(features.RESERVED_TOKENS) + 2)
+    # Two words and <end> can be generated: a beam of 3 fits, 4 does not.
+    for width, alpha in ((4, 0.6), (0, 0.6), (3, -0.5)):
+        with pytest.raises(ValueError, match='beam_'):
+            export.CaptionModel(
+                captioning_fixtures.tiny_encoder(),
+                decoder_model,
+                np.ones(features.FEATURE_SIZE),
+                np.zeros(features.FEATURE_SIZE),
+                vocabulary,
+                caption_hparams.max_len,
+                beam_width=width,
+                beam_length_alpha=alpha,
+            )
+
+
+def test_local_server_serves_caption_beam(exported, loaded, images, start_caption_server, tmp_path):
+    from tfx_captioning.serving import client as client_lib
+    from tfx_captioning.serving.fixture_model import publish_fixture_version
+
+    export_dir, _ = exported
+    base_path = str(tmp_path / 'serving' / features.MODEL_NAME)
+    publish_fixture_version(export_dir, base_path, 1)
+    image_bytes = [open(p, 'rb').read() for p in images]
+    expected = loaded.signatures[features.BEAM_SIGNATURE](
+        **{features.IMAGE_BYTES_INPUT: tf.constant(image_bytes)}
+    )
+    running = start_caption_server(base_path)
+    with client_lib.CaptionClient(running.target) as client:
+        metadata = client.metadata()
+        beam = client.caption(image_bytes, signature=features.BEAM_SIGNATURE)
+        greedy = client.caption(image_bytes)
+    signature = metadata.signatures[features.BEAM_SIGNATURE]
+    assert signature.outputs[features.LOG_PROB_OUTPUT] == client_lib.TensorSummary(
+        'float32', (None,)
+    )
+    assert features.BEAM_FEATURES_SIGNATURE in metadata.signatures
+    assert [c.text.encode() for c in beam.captions] == expected[
+        features.CAPTION_OUTPUT
+    ].numpy().tolist()
+    np.testing.assert_allclose(
+        [c.log_prob for c in beam.captions], expected[features.LOG_PROB_OUTPUT].numpy(), atol=1e-5
+    )
+    assert all(c.log_prob is None for c in greedy.captions)

@@ -47,3 +47,13 @@ def test_fractional_integer_is_rejected():
 def test_frozen():
     with pytest.raises(AttributeError):
         HParams().units = 3
+
+
+def test_beam_search_defaults_and_validation():
+    hparams = HParams().validate()
+    assert (hparams.beam_width, hparams.beam_length_alpha) == (3, 0.6)
+    with pytest.raises(ValueError) as error:
+        HParams(beam_width=0, beam_length_alpha=-0.1).validate()
+    assert 'beam_width' in str(error.value) and 'beam_length_alpha' in str(error.value)
+    # JSON may carry alpha as an int.
+    assert HParams.from_custom_config({'beam_length_alpha': 0}).beam_length_alpha == 0.0

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from tests import captioning_fixtures
+from tests import beam_reference, captioning_fixtures
 from tfx_captioning.models import decoder, features, trainer
 
 VOCAB_SIZE = 20
@@ -237,3 +237,156 @@ def test_next_token_never_chooses_reserved_ids_but_end():
     logits[0, [features.PAD_ID, features.UNK_ID, features.START_ID]] = 100.0
     logits[0, features.END_ID] = 1.0
     assert decoder.next_token(tf.constant(logits)).numpy().tolist() == [features.END_ID]
+
+
+# --- Beam search (decoder.beam_search) against the NumPy reference (tests/beam_reference.py) ---
+
+_beam_search = tf.function(decoder.beam_search, autograph=False, reduce_retracing=True)
+
+
+def _beam_cases(trained, random_decoder):
+    """(decoder, normalised features) pairs: the trained model on eval images, a random one."""
+    trained_decoder, _, (normalized, _), _ = trained
+    noise = np.random.default_rng(5).normal(size=[4, features.FEATURE_SIZE])
+    return (
+        (trained_decoder, normalized.astype(np.float32)),
+        (random_decoder, noise.astype(np.float32)),
+    )
+
+
+def test_numpy_reference_step_equals_decode_step(random_decoder):
+    layers = decoder.DecoderLayers.from_model(random_decoder)
+    numpy_decoder = beam_reference.NumpyDecoder.from_layers(layers)
+    images = np.random.default_rng(2).normal(size=[2, features.FEATURE_SIZE]).astype(np.float32)
+    states = decoder.initial_states(layers, images)
+    numpy_states = [numpy_decoder.initial_states(image) for image in images]
+    for token in (features.START_ID, 7, features.END_ID):
+        logits, states = decoder.decode_step(layers, tf.constant([token, token]), states)
+        expected = tf.nn.log_softmax(logits).numpy()
+        for row in range(2):
+            log_probs, numpy_states[row] = numpy_decoder.step(token, numpy_states[row])
+            np.testing.assert_allclose(log_probs, expected[row], atol=1e-5)
+
+
+@pytest.mark.parametrize('width', [1, 3, 5])
+@pytest.mark.parametrize('alpha', [0.6, 0.0])
+def test_beam_search_equals_the_numpy_reference(
+    trained, random_decoder, caption_hparams, width, alpha
+):
+    differs_from_greedy = 0
+    for decoder_model, images in _beam_cases(trained, random_decoder):
+        layers = decoder.DecoderLayers.from_model(decoder_model)
+        token_ids, length, log_prob = _beam_search(
+            layers, images, caption_hparams.max_len, width, alpha
+        )
+        expected_ids, expected_log_prob = beam_reference.beam_search(
+            beam_reference.NumpyDecoder.from_layers(layers),
+            images,
+            caption_hparams.max_len,
+            width,
+            alpha,
+        )
+        np.testing.assert_array_equal(token_ids.numpy(), expected_ids)
+        np.testing.assert_allclose(log_prob.numpy(), expected_log_prob, atol=1e-4)
+        np.testing.assert_array_equal(
+            length.numpy(), (expected_ids >= decoder.NUM_RESERVED).sum(axis=1)
+        )
+        assert token_ids.dtype == tf.int32 and length.dtype == tf.int32
+        assert log_prob.dtype == tf.float32
+        greedy_ids, _ = decoder.greedy_decode(layers, images, caption_hparams.max_len)
+        differs_from_greedy += int((token_ids.numpy() != greedy_ids.numpy()).any(axis=1).sum())
+    print(f'width {width}, alpha {alpha}: {differs_from_greedy} captions differ from greedy')
+
+
+def test_beam_of_width_one_is_exactly_greedy(trained, random_decoder, caption_hparams):
+    for decoder_model, images in _beam_cases(trained, random_decoder):
+        layers = decoder.DecoderLayers.from_model(decoder_model)
+        greedy_ids, greedy_length = decoder.greedy_decode(layers, images, caption_hparams.max_len)
+        for alpha in (0.0, 0.6, 2.0):
+            token_ids, length, _ = _beam_search(layers, images, caption_hparams.max_len, 1, alpha)
+            np.testing.assert_array_equal(token_ids.numpy(), greedy_ids.numpy())
+            np.testing.assert_array_equal(length.numpy(), greedy_length.numpy())
+
+
+def test_log_prob_is_the_models_probability_of_the_chosen_caption(trained, caption_hparams):
+    trained_decoder, _, (normalized, _), _ = trained
+    token_ids, _, log_prob = _beam_search(
+        decoder.DecoderLayers.from_model(trained_decoder),
+        normalized,
+        caption_hparams.max_len,
+        3,
+        0.6,
+    )
+    # Teacher forcing on <start> + the chosen ids: the loss is minus the log-probability.
+    start = np.full([len(normalized), 1], features.START_ID, np.int32)
+    logits = trained_decoder(
+        {
+            features.NORMALIZED_FEATURES_KEY: normalized,
+            features.DECODER_INPUT_KEY: np.concatenate([start, token_ids.numpy()[:, :-1]], axis=1),
+        }
+    )
+    loss_sum, _ = decoder.masked_cross_entropy(token_ids, logits)
+    np.testing.assert_allclose(log_prob.numpy(), -loss_sum.numpy(), atol=1e-4)
+
+
+def test_beam_search_stops_each_caption_at_end(trained, caption_hparams):
+    trained_decoder, _, (normalized, _), _ = trained
+    token_ids, length, _ = decoder.beam_search(
+        decoder.DecoderLayers.from_model(trained_decoder),
+        normalized,
+        caption_hparams.max_len,
+        3,
+        0.6,
+    )
+    for row, n in zip(token_ids.numpy(), length.numpy()):
+        assert (row[:n] >= decoder.NUM_RESERVED).all()
+        if n < len(row):
+            assert row[n] == features.END_ID
+            assert (row[n + 1 :] == features.PAD_ID).all()
+
+
+def _tie_every_word(layers, end_bias):
+    """Fixes the next-token distribution: every word equally likely, <end> at `end_bias`."""
+    kernel, bias = layers.logits.get_weights()
+    bias[:] = 0.0
+    bias[features.END_ID] = end_bias
+    layers.logits.set_weights([np.zeros_like(kernel), bias])
+    return layers
+
+
+def test_ties_go_to_the_lower_beam_then_the_lower_token(caption_hparams):
+    keras.utils.set_random_seed(0)
+    layers = decoder.DecoderLayers.from_model(decoder.build_decoder(caption_hparams, VOCAB_SIZE))
+    max_len = caption_hparams.max_len
+    images = np.random.default_rng(0).normal(size=[2, features.FEATURE_SIZE]).astype(np.float32)
+    first_word = decoder.NUM_RESERVED
+    # <end> unlikely: every candidate of a step ties, so each step keeps the
+    # first beam's lowest ids, and the first beam is always the lowest word.
+    _tie_every_word(layers, end_bias=-30.0)
+    token_ids, _, _ = decoder.beam_search(layers, images, max_len, 3, 0.6)
+    assert token_ids.numpy().tolist() == [[first_word] * max_len] * 2
+    # <end> tied with the words, and the lowest id: it wins the first step, and
+    # the one-token caption stays best (no length normalisation with alpha 0).
+    _tie_every_word(layers, end_bias=0.0)
+    token_ids, _, log_prob = decoder.beam_search(layers, images, max_len, 3, 0.0)
+    assert token_ids.numpy()[:, 0].tolist() == [features.END_ID] * 2
+    np.testing.assert_allclose(log_prob.numpy(), -np.log(VOCAB_SIZE), rtol=1e-6)
+    # The reference breaks the same ties the same way.
+    for end_bias, alpha in ((-30.0, 0.6), (0.0, 0.0), (0.0, 0.6), (0.0, 3.0)):
+        _tie_every_word(layers, end_bias)
+        for width in (1, 3, 5):
+            token_ids, _, _ = decoder.beam_search(layers, images, max_len, width, alpha)
+            expected, _ = beam_reference.beam_search(
+                beam_reference.NumpyDecoder.from_layers(layers), images, max_len, width, alpha
+            )
+            np.testing.assert_array_equal(token_ids.numpy(), expected)
+
+
+def test_beam_settings_out_of_range_are_refused(random_decoder):
+    layers = decoder.DecoderLayers.from_model(random_decoder)
+    images = tf.zeros([1, features.FEATURE_SIZE])
+    for width in (0, VOCAB_SIZE - 2):
+        with pytest.raises(ValueError, match='beam_width'):
+            decoder.beam_search(layers, images, 4, width, 0.6)
+    with pytest.raises(ValueError, match='length_alpha'):
+        decoder.beam_search(layers, images, 4, 2, -1.0)

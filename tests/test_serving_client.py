@@ -179,6 +179,33 @@ def test_cli_prints_one_caption_per_image(running, tmp_path, images, capsys):
     assert out.splitlines() == [f'{paths[0]}\ta red picture', f'{paths[1]}\ta blue picture']
 
 
+def test_beam_signature_through_the_client_and_the_cli(running, tmp_path, images, capsys):
+    with client_lib.CaptionClient(running.target) as client:
+        beam = client.caption(
+            [images['red.jpg'], images['blue.png']], signature=features.BEAM_SIGNATURE
+        )
+        greedy = client.caption([images['red.jpg']])
+        metadata = client.metadata()
+    assert [caption.text for caption in beam.captions] == ['a red picture', 'a blue picture']
+    assert all(caption.log_prob < 0 for caption in beam.captions)
+    assert greedy.captions[0].log_prob is None  # the greedy signature has no log_prob
+    outputs = metadata.signatures[features.BEAM_SIGNATURE].outputs
+    assert outputs[features.LOG_PROB_OUTPUT] == client_lib.TensorSummary('float32', (None,))
+    assert features.BEAM_FEATURES_SIGNATURE in metadata.signatures
+
+    paths = _write_images(tmp_path, images, ['green.gif'])
+    for flags in (['--beam'], ['--signature', features.BEAM_SIGNATURE]):
+        assert client_cli.main(['--server', running.target, '--json', *flags, *paths]) == 0
+        caption = json.loads(capsys.readouterr().out)['captions'][0]
+        assert caption['text'] == 'a green picture'
+        assert caption['log_prob'] < 0
+    assert client_cli.main(['--server', running.target, '--beam', *paths]) == 0
+    assert capsys.readouterr().out == f'{paths[0]}\ta green picture\n'
+    # An unknown signature is TF Serving's FAILED_PRECONDITION, one line, exit 1.
+    assert client_cli.main(['--server', running.target, '--signature', 'nope', *paths]) == 1
+    assert 'FAILED_PRECONDITION' in capsys.readouterr().err
+
+
 def test_cli_json_metadata_and_status(running, tmp_path, images, capsys):
     paths = _write_images(tmp_path, images, ['green.gif'])
     assert client_cli.main(['--server', running.target, '--json', *paths]) == 0

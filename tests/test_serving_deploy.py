@@ -223,4 +223,6 @@ def test_stand_in_serves_a_pushed_directory_with_the_production_config(
             assert set(metadata.signatures) == {
                 features.SERVING_SIGNATURE,
                 features.FEATURES_SIGNATURE,
+                features.BEAM_SIGNATURE,
+                features.BEAM_FEATURES_SIGNATURE,
             }

@@ -305,6 +305,8 @@ def test_metadata_lists_signature_defs(stubs):
     assert set(signature_map.signature_def) == {
         features.SERVING_SIGNATURE,
         features.FEATURES_SIGNATURE,
+        features.BEAM_SIGNATURE,
+        features.BEAM_FEATURES_SIGNATURE,
     }
     serving = signature_map.signature_def[features.SERVING_SIGNATURE]
     assert list(serving.inputs) == [features.IMAGE_BYTES_INPUT]
