@@ -150,7 +150,9 @@ def render_html(
     names = list(features.METRIC_NAMES)
     rows = []
     for split, result in report['splits'].items():
-        systems = [('model', result['metrics'])]
+        systems = [('model, greedy', result['metrics'])]
+        if result.get('beam'):
+            systems.append(('model, beam search', result['beam']))
         if result.get('most_frequent_caption'):
             systems.append(('most frequent caption', result['most_frequent_caption']))
         for label, m in systems:
@@ -178,6 +180,7 @@ def render_html(
     samples = report['splits'].get(features.TEST_SPLIT, {}).get('samples', [])
     sample_rows = ''.join(
         f'<tr><td>{e(s["image_id"])}</td><td><b>{e(s["caption"])}</b></td>'
+        f'<td>{e(s.get("beam_caption", "—"))}</td>'
         f'<td>{"<br>".join(e(r) for r in s["references"])}</td></tr>'
         for s in samples
     )
@@ -200,7 +203,7 @@ loading; the smallest variant that agrees ships.</p>
 <table><tr><th>variant</th><th>size</th><th>one image</th><th>agreement</th><th></th></tr>
 {tflite_rows}</table>
 <h2>Test images</h2><img src="data:image/png;base64,{_b64_png(sheet)}">
-<table><tr><th>image</th><th>predicted</th><th>references</th></tr>{sample_rows}</table>
+<table><tr><th>image</th><th>greedy</th><th>beam search</th><th>references</th></tr>{sample_rows}</table>
 </body></html>
 """
 

@@ -181,7 +181,9 @@ def format_metrics_table(report: Dict[str, Any]) -> str:
     header = f'{"split":<6} {"":<14}' + ''.join(f' {n:>8}' for n in names) + f' {"loss":>8}'
     lines = [header]
     for split, result in report['splits'].items():
-        rows = [('model', result['metrics'])]
+        rows = [('model, greedy', result['metrics'])]
+        if result.get('beam'):
+            rows.append(('model, beam', {**result['beam'], 'loss': None}))
         if result.get('most_frequent_caption'):
             rows.append(('most frequent', result['most_frequent_caption']))
         for label, metrics in rows:
@@ -193,7 +195,7 @@ def format_metrics_table(report: Dict[str, Any]) -> str:
             )
     lines.append(
         '(coco-caption toolkit, all references; most frequent: the most frequent training '
-        'caption for every image)'
+        f'caption for every image; the gate judges {report.get("decoding", "greedy")} decoding)'
     )
     return '\n'.join(lines)
 

@@ -77,6 +77,7 @@ def test_gate(metrics, blessed_before, config, failing):
         ({'min_metrics': {'SPICE': 0.1}}, 'unknown metric'),
         ({'min_metrics': {'BLEU-4': 'high'}}, 'must be a number'),
         ({'max_bleu_4_drop': 0.1}, 'Unknown gate settings'),
+        ({'decoding': 'sampling'}, 'decoding must be one of'),
     ],
 )
 def test_gate_config_names_bad_values(values, message):
@@ -205,6 +206,12 @@ def test_a_good_first_model_is_blessed_with_every_metric_reported(evaluator_arti
         assert result['metrics']['CIDEr-D'] > result['most_frequent_caption']['CIDEr-D'] + 0.1
         assert 0 < result['metrics']['loss'] < 5
         assert len(result['samples']) == 12 and result['samples'][0]['references']
+        # Beam search is scored beside greedy decoding, on the same references.
+        assert set(result['beam']) == set(features.METRIC_NAMES)
+        assert all('beam_caption' in sample for sample in result['samples'])
+        assert evaluation.get_float_custom_property(f'{split}_beam_CIDEr-D') == pytest.approx(
+            result['beam']['CIDEr-D']
+        )
         assert evaluation.get_float_custom_property(f'{split}_CIDEr-D') == pytest.approx(
             result['metrics']['CIDEr-D']
         )
@@ -212,7 +219,9 @@ def test_a_good_first_model_is_blessed_with_every_metric_reported(evaluator_arti
     assert blessing.get_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY) == 1
     assert blessing.get_int_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY) == 11
     assert not blessing.has_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY)
-    assert 'pass the gate' in blessing.get_string_custom_property(features.BLESSING_REASON_PROPERTY)
+    reason = blessing.get_string_custom_property(features.BLESSING_REASON_PROPERTY)
+    assert reason.startswith('greedy CIDEr-D') and 'pass the gate' in reason
+    assert report['decoding'] == 'greedy'
     assert report['tflite'] == []  # no raw examples: no TFLite parity
 
 
@@ -259,3 +268,14 @@ def test_an_absolute_floor_can_refuse_a_good_model(evaluator_artifacts):
     assert not report['blessed'] and report['failures'] == [
         f'BLEU-4 {report["splits"]["eval"]["metrics"]["BLEU-4"]:.4f} < min 1.0100'
     ]
+
+
+def test_the_gate_can_judge_beam_search(evaluator_artifacts):
+    parameters = spec.EvaluatorParameters(gate=gate.GateConfig(decoding='beam'))
+    report, _, blessing = _evaluate(
+        evaluator_artifacts, evaluator_artifacts['good'], parameters=parameters
+    )
+    beam = report['splits'][features.EVAL_SPLIT]['beam']
+    reason = blessing.get_string_custom_property(features.BLESSING_REASON_PROPERTY)
+    assert report['decoding'] == 'beam' and report['blessed']
+    assert reason.startswith(f'beam CIDEr-D {beam["CIDEr-D"]:.4f}')

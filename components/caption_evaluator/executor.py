@@ -69,9 +69,11 @@ def read_references(
     return ids, references, feature_batches
 
 
-def generate_captions(signatures, feature_batches: List[tf.Tensor]) -> List[str]:
-    """The model's greedy captions for batches of raw image features."""
-    caption_fn = signatures[features.FEATURES_SIGNATURE]
+def generate_captions(
+    signatures, feature_batches: List[tf.Tensor], signature: str = features.FEATURES_SIGNATURE
+) -> List[str]:
+    """The model's captions for batches of raw image features (greedy unless `signature` says)."""
+    caption_fn = signatures[signature]
     captions = []
     for image_features in feature_batches:
         out = caption_fn(**{features.IMAGE_FEATURES_INPUT: image_features})
@@ -181,10 +183,17 @@ class Executor(base_executor.BaseExecutor):
                 baseline_results = evaluate(baseline)
         for split, metrics in constant.items():
             results['splits'][split]['most_frequent_caption'] = metrics
+        decoding = parameters.gate.decoding
+        if decoding == gate.BEAM and results['splits'][features.EVAL_SPLIT]['beam'] is None:
+            raise ValueError(
+                f'The gate judges beam search, but {model.uri} has no '
+                f'{features.BEAM_FEATURES_SIGNATURE!r} signature.'
+            )
+        eval_metrics = judged_metrics(results['splits'][features.EVAL_SPLIT], decoding)
         blessed, failures = gate.decide(
-            results['splits'][features.EVAL_SPLIT]['metrics'],
+            eval_metrics,
             constant[features.EVAL_SPLIT],
-            baseline_results['splits'][features.EVAL_SPLIT]['metrics']
+            judged_metrics(baseline_results['splits'][features.EVAL_SPLIT], decoding)
             if baseline_results
             else None,
             parameters.gate,
@@ -197,8 +206,8 @@ class Executor(base_executor.BaseExecutor):
             if raw
             else []
         )
-        eval_metrics = results['splits'][features.EVAL_SPLIT]['metrics']
         report = {
+            'decoding': decoding,
             'model': model.uri,
             'baseline_model': baseline.uri if baseline is not None else None,
             'most_frequent_train_caption': frequent,
@@ -206,7 +215,7 @@ class Executor(base_executor.BaseExecutor):
             'blessed': blessed,
             'failures': failures,
             'reason': '; '.join(failures)
-            or gate.passing_summary(eval_metrics, constant[features.EVAL_SPLIT]),
+            or gate.passing_summary(eval_metrics, constant[features.EVAL_SPLIT], decoding),
             'tflite': tflite,
             **results,
             'baseline': baseline_results,
@@ -224,24 +233,38 @@ def evaluate_model(
     batch_size: int,
     scorer: caption_metrics.CaptionScorer,
 ) -> Dict[str, Any]:
-    """Metrics (and a few sample captions) of one model on the eval and test splits."""
+    """Metrics (and a few sample captions) of one model on the eval and test splits.
+
+    Per split: `metrics` (greedy decoding, plus the loss and the image count)
+    and, when the model has the beam-search signature, `beam` (the same metrics
+    for its beam-search captions).
+    """
     loaded = tf.saved_model.load(path_utils.serving_model_path(model.uri))
+    has_beam = features.BEAM_FEATURES_SIGNATURE in loaded.signatures
     out: Dict[str, Any] = {'splits': {}}
     for split, split_data in data.items():
-        captions = dict(
+        greedy = dict(
             zip(split_data.ids, generate_captions(loaded.signatures, split_data.feature_batches))
         )
-        metrics = scorer.score(split_data.references, captions)
+        metrics = scorer.score(split_data.references, greedy)
         metrics['loss'] = split_loss(
             loaded.signatures, transformed, split, feature_spec, batch_size
         )
         metrics['num_images'] = len(split_data.ids)
+        beam = {}
+        if has_beam:
+            captions = generate_captions(
+                loaded.signatures, split_data.feature_batches, features.BEAM_FEATURES_SIGNATURE
+            )
+            beam = dict(zip(split_data.ids, captions))
         out['splits'][split] = {
             'metrics': metrics,
+            'beam': scorer.score(split_data.references, beam) if beam else None,
             'samples': [
                 {
                     'image_id': image_id,
-                    'caption': captions[image_id],
+                    'caption': greedy[image_id],
+                    **({'beam_caption': beam[image_id]} if beam else {}),
                     'references': split_data.references[image_id],
                 }
                 for image_id in split_data.ids[:SAMPLES_PER_SPLIT]
@@ -249,6 +272,18 @@ def evaluate_model(
         }
         logging.info('Split %s: %s', split, {k: round(v, 4) for k, v in metrics.items()})
     return out
+
+
+def judged_metrics(split_result: Dict[str, Any], decoding: str) -> Dict[str, float]:
+    """The metrics the gate judges: greedy's, or beam search's with the (shared) loss.
+
+    A model exported without beam search (an older blessed baseline) is judged
+    on its greedy captions.
+    """
+    beam = split_result.get('beam')
+    if decoding == gate.BEAM and beam is not None:
+        return {**beam, gate.LOSS_METRIC: split_result['metrics'][gate.LOSS_METRIC]}
+    return split_result['metrics']
 
 
 def write_outputs(
@@ -265,6 +300,8 @@ def write_outputs(
     for split in REPORT_SPLITS:
         for name, value in report['splits'][split]['metrics'].items():
             evaluation.set_float_custom_property(f'{split}_{name}', float(value))
+        for name, value in (report['splits'][split]['beam'] or {}).items():
+            evaluation.set_float_custom_property(f'{split}_beam_{name}', float(value))
 
     blessed = report['blessed']
     tf.io.gfile.makedirs(blessing.uri)

@@ -31,6 +31,10 @@ from tfx_captioning.models import features
 PRIMARY_METRIC = 'CIDEr-D'
 """The metric the baseline-margin and regression rules judge."""
 LOSS_METRIC = 'loss'
+GREEDY, BEAM = 'greedy', 'beam'
+DECODINGS = (GREEDY, BEAM)
+"""Which captions the gate judges: the greedy `serving_default` (what a client
+gets unless it asks for `caption_beam`) or the beam search."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +51,9 @@ class GateConfig:
       min_metrics: absolute floors, metric name -> lowest acceptable eval
         value (names as reported: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D).
       max_loss: absolute ceiling on the masked eval loss; None for none.
+      decoding: which captions the rules judge: 'greedy' (the default, what
+        `serving_default` serves) or 'beam' (`caption_beam`), to match what
+        the deployment's clients call. Both are always reported.
     """
 
     min_margin_over_baseline: float = 0.10
@@ -54,6 +61,7 @@ class GateConfig:
     max_loss_increase: float = 0.05
     min_metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
     max_loss: Optional[float] = None
+    decoding: str = GREEDY
 
     def validate(self) -> 'GateConfig':
         """Returns self.
@@ -77,6 +85,8 @@ class GateConfig:
                 )
             elif not isinstance(value, (int, float)) or not math.isfinite(value):
                 problems.append(f'min_metrics[{name!r}] must be a number, got {value!r}')
+        if self.decoding not in DECODINGS:
+            problems.append(f'decoding must be one of {DECODINGS}, got {self.decoding!r}')
         if problems:
             raise ValueError('Invalid gate: ' + '; '.join(problems) + '.')
         return self
@@ -144,10 +154,12 @@ def decide(
     return not failures, failures
 
 
-def passing_summary(metrics: Mapping[str, float], constant_baseline: Mapping[str, float]) -> str:
+def passing_summary(
+    metrics: Mapping[str, float], constant_baseline: Mapping[str, float], decoding: str = GREEDY
+) -> str:
     """The blessing reason of a model that passed: its main numbers against the baseline."""
     return (
-        f'{PRIMARY_METRIC} {metrics[PRIMARY_METRIC]:.4f} (baseline '
+        f'{decoding} {PRIMARY_METRIC} {metrics[PRIMARY_METRIC]:.4f} (baseline '
         f'{constant_baseline[PRIMARY_METRIC]:.4f}), BLEU-4 {metrics["BLEU-4"]:.4f}, '
         f'loss {metrics[LOSS_METRIC]:.4f} pass the gate'
     )
