@@ -12,7 +12,7 @@ from tfx import types
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from tfx_captioning.models import encoder, image_preprocessing
+from tfx_captioning.models import encoder, features, image_preprocessing
 
 # Channels.
 EXAMPLES_KEY = 'examples'
@@ -111,6 +111,8 @@ class ImageFeatureExtractorSpec(types.ComponentSpec):
         BATCH_SIZE_KEY: ExecutionParameter(type=int),
         KEEP_IMAGE_BYTES_KEY: ExecutionParameter(type=bool),
         MAX_IMAGE_PIXELS_KEY: ExecutionParameter(type=int),
+        # Set by the component: its executor's code, for TFX's cache key.
+        features.CODE_FINGERPRINT_KEY: ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
