@@ -33,6 +33,7 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
+from tfx_captioning.components import progress
 from tfx_captioning.components.caption_evaluator import gate, records, spec, tflite_parity
 from tfx_captioning.models import caption_metrics, features
 from tfx_captioning.models.preprocessing import normalize_caption
@@ -69,13 +70,18 @@ def read_references(
     return ids, references, feature_batches
 
 
-def generate_captions(signatures, feature_batches: List[tf.Tensor]) -> List[str]:
+def generate_captions(
+    signatures, feature_batches: List[tf.Tensor], label: str = 'CaptionEvaluator captions'
+) -> List[str]:
     """The model's greedy captions for batches of raw image features."""
     caption_fn = signatures[features.FEATURES_SIGNATURE]
     captions = []
+    reporter = progress.ProgressReporter(label, sum(len(b) for b in feature_batches))
     for image_features in feature_batches:
         out = caption_fn(**{features.IMAGE_FEATURES_INPUT: image_features})
         captions += [c.decode('utf-8') for c in out[features.CAPTION_OUTPUT].numpy()]
+        reporter.update(len(image_features))
+    reporter.finish()
     return captions
 
 
@@ -229,7 +235,12 @@ def evaluate_model(
     out: Dict[str, Any] = {'splits': {}}
     for split, split_data in data.items():
         captions = dict(
-            zip(split_data.ids, generate_captions(loaded.signatures, split_data.feature_batches))
+            zip(
+                split_data.ids,
+                generate_captions(
+                    loaded.signatures, split_data.feature_batches, f'CaptionEvaluator {split}'
+                ),
+            )
         )
         metrics = scorer.score(split_data.references, captions)
         metrics['loss'] = split_loss(
