@@ -179,9 +179,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         f'  encoder weights: {kwargs["extractor"].weights}, '
         f'hyperparameters: {kwargs["hparams"].to_custom_config()}'
     )
-    progress.attach()
     start = time.monotonic()
-    local_runner.run(data, args.output, args.beam_workers, enable_cache=not args.no_cache, **kwargs)
+    with progress.RunProgress(paths.metadata_path):
+        local_runner.run(
+            data, args.output, args.beam_workers, enable_cache=not args.no_cache, **kwargs
+        )
     print(f'Pipeline finished in {time.monotonic() - start:.1f} s')
     print_summary(paths)
     return 0

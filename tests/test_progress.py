@@ -1,10 +1,22 @@
-"""Progress output: the in-step reporter (injected clock, no sleeps)."""
+"""Progress output: the in-step reporter (injected clock, no sleeps) and the per-component
+lines read from a real ML Metadata store.
 
+A whole run's output (a start and a done/cached line for every component) is
+checked in test_runs.py.
+"""
+
+import io
 import os
+import re
 
 import pytest
+from ml_metadata.proto import metadata_store_pb2
 
+from tests.mlmd_fixtures import Store
+from tfx_captioning.cli import progress as run_progress
 from tfx_captioning.components import progress
+
+State = metadata_store_pb2.Execution.State
 
 # --- ProgressReporter -------------------------------------------------------------------
 
@@ -91,3 +103,49 @@ def test_shared_reporters_count_per_key_and_name_the_worker():
     assert several.total == 34 and f'worker pid {os.getpid()}, ~1/3' in several.label
     remote = progress.shared('uri-4', 'Extractor train', 100, num_workers=None)
     assert remote.total is None and f'worker pid {os.getpid()})' in remote.label
+
+
+# --- RunProgress on a real ML Metadata store ---------------------------------------------
+
+
+def _components(text):
+    """The lines without their time stamps, durations as 'T'."""
+    return [re.sub(r'\d+\.\ds$', 'T', line.split('] ', 1)[1]) for line in text.splitlines()]
+
+
+def test_each_component_gets_a_start_and_an_end_line_from_the_store(tmp_path):
+    path = str(tmp_path / 'metadata.sqlite')
+    store = Store(path)
+    store.end(store.start('EarlierRun'), State.COMPLETE)
+    out = io.StringIO()
+    tracker = run_progress.RunProgress(path, stream=out).start()
+    tracker.pause()  # polled by hand below
+    gen = store.start('ExampleGen')
+    tracker.poll()
+    assert _components(out.getvalue()) == ['ExampleGen ...']
+    store.end(gen, State.CACHED)
+    trainer = store.start('Trainer')
+    store.end(trainer, State.COMPLETE)
+    evaluator = store.start('Evaluator')
+    tracker.poll()
+    tracker.poll()  # nothing new: nothing printed twice
+    assert _components(out.getvalue()) == [
+        'ExampleGen ...',
+        'ExampleGen cached',
+        'Trainer ...',
+        'Trainer done in T',
+        'Evaluator ...',
+    ]
+    assert tracker.unsuccessful() == {evaluator: 'Evaluator'}
+    store.end(evaluator, State.FAILED)
+    tracker.poll()
+    assert _components(out.getvalue())[-1] == 'Evaluator failed after T'
+
+
+def test_the_polling_thread_reports_while_the_run_goes_on(tmp_path):
+    path = str(tmp_path / 'metadata.sqlite')
+    store = Store(path)
+    out = io.StringIO()
+    with run_progress.RunProgress(path, stream=out, interval_s=0.05):
+        store.end(store.start('Transform'), State.COMPLETE)
+    assert _components(out.getvalue()) == ['Transform ...', 'Transform done in T']
