@@ -195,14 +195,27 @@ def pipeline_args(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tfx_captioning.components.flickr8k_example_gen import layout
+    from tfx_captioning.cli import interrupt, progress
 
     paths = configs.LocalPaths(os.path.abspath(args.output))
+    tracker = progress.RunProgress(paths.metadata_path)
+    # Ctrl-C / SIGTERM anywhere below: exit 130 within seconds, saying what stopped.
+    with interrupt.RunInterrupts(lambda signal_name: _stopped(tracker, paths, signal_name)) as stop:
+        try:
+            return _run(args, paths, tracker)
+        except BaseException:
+            if stop.requested:
+                stop.stop()
+            raise
+
+
+def _run(args: argparse.Namespace, paths: configs.LocalPaths, tracker) -> int:
+    from tfx_captioning.components.flickr8k_example_gen import layout
+
     data = args.data or _prepare_sample(paths, args.sample_images)
     try:
         layout.check_layout(data)
         kwargs = pipeline_args(args)
-        from tfx_captioning.cli import progress
         from tfx_captioning.pipeline import local_runner
     except (layout.Flickr8kLayoutError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
@@ -212,12 +225,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         f'  encoder weights: {kwargs["extractor"].weights}, '
         f'hyperparameters: {kwargs["hparams"].to_custom_config()}'
     )
-    progress.attach()
     start = time.monotonic()
-    local_runner.run(data, args.output, args.beam_workers, enable_cache=not args.no_cache, **kwargs)
+    with tracker:
+        local_runner.run(
+            data, args.output, args.beam_workers, enable_cache=not args.no_cache, **kwargs
+        )
     print(f'Pipeline finished in {time.monotonic() - start:.1f} s')
     print_summary(paths)
     return 0
+
+
+def _stopped(tracker, paths: configs.LocalPaths, signal_name: str) -> None:
+    """After SIGINT/SIGTERM: cancel what was running, print its line and how to resume."""
+    from tfx_captioning.cli import interrupt
+
+    tracker.pause()
+    stopped = tracker.unsuccessful()
+    interrupt.cancel_executions(paths.metadata_path, paths.pipeline_root, stopped)
+    tracker.poll()  # '<component> cancelled after ...'
+    where = f' during {", ".join(dict.fromkeys(stopped.values()))}' if stopped else ''
+    print(
+        f'\nInterrupted by {signal_name}{where}. Nothing it wrote will be used. Run the same '
+        'command again to resume: completed components come from the cache.',
+        file=sys.stderr,
+    )
 
 
 def print_summary(paths: configs.LocalPaths) -> None:

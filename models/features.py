@@ -131,6 +131,12 @@ CAPTION_IDS_KEY = 'caption_ids'
 MAX_LEN_CONFIG = 'max_len'
 MIN_WORD_COUNT_CONFIG = 'min_word_count'
 
+# --- Caching ------------------------------------------------------------------------
+CODE_FINGERPRINT_KEY = 'code_fingerprint'
+"""Exec property (or `custom_config` key) holding a digest of the project code a
+component runs (`components.code_fingerprint`), so TFX's cache key changes when
+that code does. Not a hyperparameter: `HParams.from_custom_config` skips it."""
+
 # --- Decoder model (Trainer) ------------------------------------------------------------
 DECODER_INPUT_KEY = 'decoder_input'
 """int[None]: the teacher-forced input ids of the training model (a caption without its last id)."""

@@ -101,11 +101,16 @@ class HParams:
 
         Missing fields keep their defaults; values are converted to the field's
         type (custom_config travels as JSON, so ints may arrive as floats).
+        `features.CODE_FINGERPRINT_KEY`, which the pipeline adds for TFX's
+        cache key, is not a hyperparameter and is skipped.
 
         Raises:
           ValueError: an unknown key (likely a typo) or an invalid value.
         """
         fields = {f.name: f for f in dataclasses.fields(cls)}
+        custom_config = {
+            k: v for k, v in custom_config.items() if k != features.CODE_FINGERPRINT_KEY
+        }
         unknown = sorted(set(custom_config) - set(fields))
         if unknown:
             raise ValueError(f'Unknown hyperparameters {unknown}; known: {sorted(fields)}.')

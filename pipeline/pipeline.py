@@ -21,6 +21,7 @@ from typing import List, Optional
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
+from tfx_captioning.components import code_fingerprint
 from tfx_captioning.components.caption_evaluator.component import CaptionEvaluator
 from tfx_captioning.components.caption_evaluator.spec import EvaluatorParameters
 from tfx_captioning.components.caption_pusher.component import make_pusher
@@ -111,7 +112,8 @@ def create_pipeline(
         schema=feature_schema_gen.outputs['schema'],
         preprocessing_fn=PREPROCESSING_FN,
         # Only the fields Transform uses: a training-only change keeps its cache.
-        custom_config=hparams.transform_config(),
+        # The code fingerprint: an edit of preprocessing_fn's code invalidates it.
+        custom_config=_with_code_fingerprint(hparams.transform_config(), PREPROCESSING_FN),
         splits_config=tfx.proto.SplitsConfig(
             analyze=[features.TRAIN_SPLIT], transform=list(features.SPLITS)
         ),
@@ -123,7 +125,7 @@ def create_pipeline(
         base_model=feature_extractor.outputs[extractor_spec.ENCODER_KEY],
         train_args=tfx.proto.TrainArgs(splits=[features.TRAIN_SPLIT], num_steps=train_steps),
         eval_args=tfx.proto.EvalArgs(splits=[features.EVAL_SPLIT], num_steps=eval_steps),
-        custom_config=hparams.to_custom_config(),
+        custom_config=_with_code_fingerprint(hparams.to_custom_config(), RUN_FN),
     )
     latest_blessed = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
@@ -166,3 +168,13 @@ def create_pipeline(
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],
     )
+
+
+def _with_code_fingerprint(custom_config: dict, function_path: str) -> dict:
+    """`custom_config` plus the fingerprint of the code behind a dotted function path.
+
+    TFX's cache key covers exec properties but not the code a dotted path
+    names (see `components.code_fingerprint`).
+    """
+    fingerprint = code_fingerprint.fingerprint(code_fingerprint.module_of(function_path))
+    return {**custom_config, features.CODE_FINGERPRINT_KEY: fingerprint}

@@ -17,6 +17,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, channel_utils, standard_artifacts
 
 from tests import feature_extractor_fixtures as fx
+from tfx_captioning.components import code_fingerprint
 from tfx_captioning.components.image_feature_extractor import component, executor, spec
 from tfx_captioning.models import encoder, features, image_preprocessing
 
@@ -106,6 +107,8 @@ def test_component_declares_its_channels_and_parameters():
         spec.BATCH_SIZE_KEY: 8,
         spec.KEEP_IMAGE_BYTES_KEY: False,
         spec.MAX_IMAGE_PIXELS_KEY: features.MAX_IMAGE_PIXELS,
+        # The executor's code, for TFX's cache key (tests/test_cache_keys.py).
+        features.CODE_FINGERPRINT_KEY: code_fingerprint.fingerprint(executor.__name__),
     }
 
 

@@ -17,7 +17,9 @@ from tfx import types
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 
+from tfx_captioning.components import code_fingerprint
 from tfx_captioning.components.caption_evaluator import executor, spec
+from tfx_captioning.models import features
 
 
 class CaptionEvaluator(base_component.BaseComponent):
@@ -61,5 +63,6 @@ class CaptionEvaluator(base_component.BaseComponent):
                 evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
                 blessing=types.Channel(type=standard_artifacts.ModelBlessing),
                 **parameters.to_exec_properties(),
+                **{features.CODE_FINGERPRINT_KEY: code_fingerprint.fingerprint(executor.__name__)},
             )
         )

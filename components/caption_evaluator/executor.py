@@ -33,6 +33,7 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
+from tfx_captioning.components import progress
 from tfx_captioning.components.caption_evaluator import gate, records, spec, tflite_parity
 from tfx_captioning.models import caption_metrics, features
 from tfx_captioning.models.preprocessing import normalize_caption
@@ -70,14 +71,20 @@ def read_references(
 
 
 def generate_captions(
-    signatures, feature_batches: List[tf.Tensor], signature: str = features.FEATURES_SIGNATURE
+    signatures,
+    feature_batches: List[tf.Tensor],
+    signature: str = features.FEATURES_SIGNATURE,
+    label: str = 'CaptionEvaluator captions',
 ) -> List[str]:
     """The model's captions for batches of raw image features (greedy unless `signature` says)."""
     caption_fn = signatures[signature]
     captions = []
+    reporter = progress.ProgressReporter(label, sum(len(b) for b in feature_batches))
     for image_features in feature_batches:
         out = caption_fn(**{features.IMAGE_FEATURES_INPUT: image_features})
         captions += [c.decode('utf-8') for c in out[features.CAPTION_OUTPUT].numpy()]
+        reporter.update(len(image_features))
+    reporter.finish()
     return captions
 
 
@@ -244,7 +251,14 @@ def evaluate_model(
     out: Dict[str, Any] = {'splits': {}}
     for split, split_data in data.items():
         greedy = dict(
-            zip(split_data.ids, generate_captions(loaded.signatures, split_data.feature_batches))
+            zip(
+                split_data.ids,
+                generate_captions(
+                    loaded.signatures,
+                    split_data.feature_batches,
+                    label=f'CaptionEvaluator {split} greedy',
+                ),
+            )
         )
         metrics = scorer.score(split_data.references, greedy)
         metrics['loss'] = split_loss(
@@ -254,7 +268,10 @@ def evaluate_model(
         beam = {}
         if has_beam:
             captions = generate_captions(
-                loaded.signatures, split_data.feature_batches, features.BEAM_FEATURES_SIGNATURE
+                loaded.signatures,
+                split_data.feature_batches,
+                features.BEAM_FEATURES_SIGNATURE,
+                label=f'CaptionEvaluator {split} beam',
             )
             beam = dict(zip(split_data.ids, captions))
         out['splits'][split] = {

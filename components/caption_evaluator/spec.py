@@ -9,6 +9,7 @@ from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from tfx_captioning.components.caption_evaluator import gate as gate_lib
+from tfx_captioning.models import features
 
 # Input keys.
 EXAMPLES_KEY = 'examples'
@@ -86,6 +87,8 @@ class CaptionEvaluatorSpec(types.ComponentSpec):
         GATE_KEY: ExecutionParameter(type=str),
         TFLITE_SAMPLE_SIZE_KEY: ExecutionParameter(type=int),
         BATCH_SIZE_KEY: ExecutionParameter(type=int),
+        # Set by the component: its executor's code, for TFX's cache key.
+        features.CODE_FINGERPRINT_KEY: ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         # ImageFeatureExtractor output: raw features and the reference captions.

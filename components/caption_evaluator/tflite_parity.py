@@ -15,6 +15,7 @@ import tensorflow as tf
 from tfx import types
 from tfx.utils import path_utils
 
+from tfx_captioning.components import progress
 from tfx_captioning.components.caption_evaluator import records
 from tfx_captioning.models import features
 from tfx_captioning.models.tflite_runtime import TFLiteCaptioner, load_image
@@ -70,18 +71,28 @@ def measure_variants(
         features.SERVING_SIGNATURE
     ]
     images = read_images(raw_examples, split, limit)
+    # One image at a time through the SavedModel, then through each variant.
+    reporter = progress.ProgressReporter(
+        'CaptionEvaluator TFLite parity', len(images) * (1 + len(variants))
+    )
+
+    def counted(items):
+        for item in items:
+            yield item
+            reporter.update()
+
     expected = [
         serving(**{features.IMAGE_BYTES_INPUT: tf.constant([image])})[features.CAPTION_OUTPUT]
         .numpy()[0]
         .decode('utf-8')
-        for image in images
+        for image in counted(images)
     ]
     pixels = [load_image(image) for image in images]
     results = []
     for variant, directory in variants.items():
         path = os.path.join(directory, features.TFLITE_FILE)
         lite = TFLiteCaptioner(path)
-        agree = sum(lite.caption(p) == e for p, e in zip(pixels, expected))
+        agree = sum(lite.caption(p) == e for p, e in zip(counted(pixels), expected))
         timings = []
         for _ in range(LATENCY_RUNS if pixels else 0):
             start = time.perf_counter()
@@ -103,4 +114,5 @@ def measure_variants(
             len(images),
             split,
         )
+    reporter.finish()
     return sorted(results, key=lambda r: r['size_bytes'])

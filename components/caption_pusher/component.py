@@ -8,7 +8,9 @@ from tfx.components.pusher.component import Pusher
 from tfx.dsl.components.base import executor_spec
 from tfx.types import Channel
 
+from tfx_captioning.components import code_fingerprint
 from tfx_captioning.components.caption_pusher import executor, spec
+from tfx_captioning.models import features
 
 
 class CaptionPusher(Pusher):
@@ -30,6 +32,10 @@ def make_pusher(
     Raises:
       ValueError: invalid parameters.
     """
-    return CaptionPusher(
-        model=model, model_blessing=model_blessing, **parameters.validate().to_component_args()
-    )
+    args = parameters.validate().to_component_args()
+    # TFX's cache key does not cover the executor's code: its fingerprint does.
+    args['custom_config'] = {
+        **args['custom_config'],
+        features.CODE_FINGERPRINT_KEY: code_fingerprint.fingerprint(executor.__name__),
+    }
+    return CaptionPusher(model=model, model_blessing=model_blessing, **args)

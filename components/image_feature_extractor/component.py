@@ -11,7 +11,9 @@ from tfx import types
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import standard_artifacts
 
+from tfx_captioning.components import code_fingerprint
 from tfx_captioning.components.image_feature_extractor import executor, spec
+from tfx_captioning.models import features
 
 
 class ImageFeatureExtractor(base_beam_component.BaseBeamComponent):
@@ -56,5 +58,6 @@ class ImageFeatureExtractor(base_beam_component.BaseBeamComponent):
             feature_examples=types.Channel(type=standard_artifacts.Examples),
             encoder=types.Channel(type=standard_artifacts.Model),
             **parameters.to_exec_properties(),
+            **{features.CODE_FINGERPRINT_KEY: code_fingerprint.fingerprint(executor.__name__)},
         )
         super().__init__(spec=component_spec)

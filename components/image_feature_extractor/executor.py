@@ -14,6 +14,9 @@
    counters; the counts are logged and recorded on ``feature_examples``
    (``skipped_<reason>``, ``num_examples_<split>``, JSON ``extraction_report``).
 
+Progress: every worker prints its images done / total, images per second and
+an ETA per split at most every ~10 s (`components.progress`).
+
 Efficiency: the encoder is loaded once per worker process (`DoFn.setup` through
 `apache_beam.utils.shared`), and in the in-memory DirectRunner, which runs in
 the driver's process, the driver's own copy is reused instead of a second one.
@@ -45,7 +48,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
-from tfx_captioning.components import beam_metrics
+from tfx_captioning.components import beam_metrics, progress
 from tfx_captioning.components.image_feature_extractor import spec
 from tfx_captioning.models import encoder, features, image_preprocessing
 
@@ -185,12 +188,19 @@ def _skip_counters() -> Dict[str, beam.metrics.metricbase.Counter]:
 class _DecodeImageDoFn(beam.DoFn):
     """Parses one input tf.Example and decodes its image; skips and counts unusable ones."""
 
-    def __init__(self, max_image_pixels: int, keep_image_bytes: bool):
+    def __init__(
+        self,
+        max_image_pixels: int,
+        keep_image_bytes: bool,
+        progress_args: Optional[Dict[str, Any]] = None,
+    ):
         self._max_image_pixels = max_image_pixels
         self._keep_image_bytes = keep_image_bytes
         self._skipped = _skip_counters()
+        self._progress_args = progress_args
 
     def setup(self):
+        self._progress = None
         max_pixels = self._max_image_pixels
         self._preprocess = tf.function(
             lambda image_bytes: image_preprocessing.preprocess_image(image_bytes, max_pixels),
@@ -199,6 +209,11 @@ class _DecodeImageDoFn(beam.DoFn):
         )
 
     def process(self, record: bytes) -> Iterator[_DecodedImage]:
+        if self._progress is None and self._progress_args:
+            # Created with the first image, so the rate leaves out model loading.
+            self._progress = progress.shared(**self._progress_args)
+        if self._progress is not None:
+            self._progress.update()
         feature = tf.train.Example.FromString(record).features.feature
         ids = feature[features.IMAGE_ID_KEY].bytes_list.value
         if not ids or not ids[0]:
@@ -268,6 +283,8 @@ def ExtractSplitFeatures(  # noqa: N802 (Beam's PTransform naming)
     encoder_handle: shared.Shared,
     parameters: spec.ExtractorParameters,
     reshuffle: bool,
+    num_images: Optional[int] = None,
+    num_workers: Optional[int] = 1,
 ) -> beam.pvalue.PDone:
     """Reads one split's tf.Examples, writes them back with InceptionV3 features.
 
@@ -280,6 +297,9 @@ def ExtractSplitFeatures(  # noqa: N802 (Beam's PTransform naming)
       encoder_handle: shares one loaded encoder per process.
       parameters: the extractor's validated parameters.
       reshuffle: spread images over workers after reading (several workers only).
+      num_images: images in the split, for the progress lines' ETA; None if unknown.
+      num_workers: Beam workers sharing the split (each reports its share);
+        None if unknown.
     """
     records = pipeline | 'ReadExamples' >> beam.io.ReadFromTFRecord(
         io_utils.all_files_pattern(input_split_uri), coder=beam.coders.BytesCoder()
@@ -289,7 +309,18 @@ def ExtractSplitFeatures(  # noqa: N802 (Beam's PTransform naming)
     return (
         records
         | 'DecodeImages'
-        >> beam.ParDo(_DecodeImageDoFn(parameters.max_image_pixels, parameters.keep_image_bytes))
+        >> beam.ParDo(
+            _DecodeImageDoFn(
+                parameters.max_image_pixels,
+                parameters.keep_image_bytes,
+                progress_args={
+                    'key': output_split_uri,
+                    'label': f'ImageFeatureExtractor {split}',
+                    'total': num_images,
+                    'num_workers': num_workers,
+                },
+            )
+        )
         # Fixed-size batches: predictable memory (batch_size x 1 MB of pixels).
         | 'Batch'
         >> beam.BatchElements(
@@ -315,6 +346,14 @@ def runner_has_several_workers(beam_pipeline_args: Sequence[str]) -> bool:
     if runner not in (None, 'DirectRunner', 'direct', 'FnApiRunner'):
         return True
     return options.view_as(DirectOptions).direct_num_workers != 1
+
+
+def beam_worker_count(beam_pipeline_args: Sequence[str]) -> Optional[int]:
+    """The DirectRunner's worker processes (or threads); None for other runners."""
+    options = PipelineOptions(list(beam_pipeline_args))
+    if options.view_as(StandardOptions).runner not in (None, 'DirectRunner', 'direct'):
+        return None
+    return options.view_as(DirectOptions).direct_num_workers or os.cpu_count()
 
 
 def read_counters(result: Optional[beam.runners.runner.PipelineResult]) -> Dict[str, int]:
@@ -346,6 +385,14 @@ def record_encoder(encoder_artifact: types.Artifact, encoder_spec: encoder.Encod
     encoder_artifact.set_string_custom_property(
         ENCODER_FINGERPRINT_PROPERTY, encoder_spec.weights_fingerprint
     )
+
+
+def _num_examples(examples: types.Artifact, split: str) -> Optional[int]:
+    """The split's size as ExampleGen recorded it, or None."""
+    name = EXAMPLES_PROPERTY_PREFIX + split
+    if examples.has_custom_property(name):
+        return examples.get_int_custom_property(name) or None
+    return None
 
 
 def _input_split_uris(examples: types.Artifact) -> Dict[str, str]:
@@ -404,6 +451,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                     encoder_handle=encoder_handle,
                     parameters=parameters,
                     reshuffle=reshuffle,
+                    num_images=_num_examples(examples, split),
+                    num_workers=beam_worker_count(self._beam_pipeline_args),
                 )
         del driver_runner
 

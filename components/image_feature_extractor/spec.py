@@ -111,6 +111,8 @@ class ImageFeatureExtractorSpec(types.ComponentSpec):
         BATCH_SIZE_KEY: ExecutionParameter(type=int),
         KEEP_IMAGE_BYTES_KEY: ExecutionParameter(type=bool),
         MAX_IMAGE_PIXELS_KEY: ExecutionParameter(type=int),
+        # Set by the component: its executor's code, for TFX's cache key.
+        features.CODE_FINGERPRINT_KEY: ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
