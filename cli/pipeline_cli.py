@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="InceptionV3 weights: 'imagenet' (default with --data), 'random' (default for the "
         'sample data) or a weights file path',
     )
+    run.add_argument(
+        '--encoder-precision',
+        choices=('auto', 'float32', 'bfloat16'),
+        default='float32',
+        help="the feature extractor's InceptionV3 compute precision: 'auto' is bfloat16 where "
+        'the CPU has AVX512-BF16 or AMX, float32 elsewhere; features are stored as float32 '
+        'and the served model stays float32 (default: %(default)s)',
+    )
     run.add_argument('--train-steps', type=_positive_int, help='total training steps')
     run.add_argument(
         '--hparam',
@@ -184,7 +192,8 @@ def pipeline_args(args: argparse.Namespace) -> Dict[str, Any]:
         'hparams': HParams.from_custom_config(hparams),
         'extractor': ExtractorParameters(
             weights=args.encoder_weights
-            or (configs.SAMPLE_ENCODER_WEIGHTS if sample else 'imagenet')
+            or (configs.SAMPLE_ENCODER_WEIGHTS if sample else 'imagenet'),
+            encoder_precision=args.encoder_precision,
         ).validate(),
         'evaluator': EvaluatorParameters(
             gate=gate_lib.GateConfig.from_dict({**gate, 'min_metrics': min_metrics})
@@ -220,9 +229,15 @@ def _run(args: argparse.Namespace, paths: configs.LocalPaths, tracker) -> int:
     except (layout.Flickr8kLayoutError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    from tfx_captioning.models import encoder
+
+    requested = kwargs['extractor'].encoder_precision
+    precision = encoder.resolve_precision(requested)
+    if requested == encoder.PRECISION_AUTO:
+        precision += ' (auto, on this CPU)'
     print(f'Running {configs.PIPELINE_NAME} on {data} -> {paths.output_root}')
     print(
-        f'  encoder weights: {kwargs["extractor"].weights}, '
+        f'  encoder weights: {kwargs["extractor"].weights}, precision: {precision}, '
         f'hyperparameters: {kwargs["hparams"].to_custom_config()}'
     )
     start = time.monotonic()

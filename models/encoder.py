@@ -22,6 +22,14 @@ Weights (`build_inception_encoder`):
   for offline demos and tests only (logged loudly). The same seed gives the
   same weights on every machine.
 
+Compute precision (`resolve_precision`): ``'float32'``, ``'bfloat16'`` (Keras'
+``mixed_bfloat16``: bfloat16 compute, float32 weights, features cast back to
+float32), or ``'auto'``, which is bfloat16 only where the CPU multiplies
+bfloat16 natively (AVX512-BF16 or AMX, read from ``/proc/cpuinfo``), since
+elsewhere bfloat16 is emulated and slower than float32. Only the
+ImageFeatureExtractor uses it; the weights file and the served model are
+always float32.
+
 Layout of the encoder artifact (a standard ``Model`` artifact)::
 
     <artifact uri>/
@@ -70,6 +78,16 @@ SPEC_FILE = 'encoder_spec.json'
 WEIGHTS_FILE = 'encoder_weights.h5'
 SPEC_FORMAT_VERSION = 1
 
+PRECISION_AUTO = 'auto'
+PRECISION_FLOAT32 = 'float32'
+PRECISION_BFLOAT16 = 'bfloat16'
+PRECISIONS = (PRECISION_AUTO, PRECISION_FLOAT32, PRECISION_BFLOAT16)
+# /proc/cpuinfo flags (Linux's names) of native bfloat16 arithmetic that
+# oneDNN uses: AVX512-BF16 dot products (Cooper Lake, Zen 4) and AMX tiles
+# (Sapphire Rapids).
+NATIVE_BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
+CPUINFO_PATH = '/proc/cpuinfo'
+
 
 class WeightsNotAvailableError(RuntimeError):
     """The ImageNet weights file is neither cached nor downloadable."""
@@ -94,6 +112,11 @@ class EncoderSpec:
       input_range: pixel scaling the encoder expects.
       tensorflow_version: TensorFlow that wrote the artifact.
       format_version: version of this layout.
+      requested_precision: the extractor's compute precision as asked for
+        ('auto', 'float32' or 'bfloat16').
+      precision: the precision the extractor's features were computed in
+        ('float32' or 'bfloat16', 'auto' resolved on the machine that ran
+        it). The weights file and the served model are float32 either way.
     """
 
     weights: str
@@ -106,6 +129,9 @@ class EncoderSpec:
     input_range: tuple = (-1.0, 1.0)
     tensorflow_version: str = tf.__version__
     format_version: int = SPEC_FORMAT_VERSION
+    # Defaults for artifacts written before precisions existed (all float32).
+    requested_precision: str = PRECISION_FLOAT32
+    precision: str = PRECISION_FLOAT32
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -141,6 +167,86 @@ def validate_weights(weights: str) -> None:
             f'path of an HDF5 weights file ending in {" or ".join(WEIGHTS_FILE_SUFFIXES)} '
             f'(for example ~/.keras/models/{IMAGENET_WEIGHTS_FILE}).'
         )
+
+
+def validate_precision(precision: str) -> None:
+    """Raises ValueError unless `precision` is one of `PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f'encoder precision must be one of {PRECISIONS}, got {precision!r}.')
+
+
+def has_native_bf16(cpuinfo: str) -> bool:
+    """Whether every CPU listed in `cpuinfo` (the text of /proc/cpuinfo) computes bfloat16 natively.
+
+    Pure, so it can be tested on sample texts. Reads the x86 ``flags`` line of
+    each processor and asks for one of `NATIVE_BF16_CPU_FLAGS` on all of them
+    (a hybrid CPU whose small cores lack it would run some threads emulated).
+    Flags are whole words: ``avx512_bf16`` must not match inside another flag.
+    Text without any ``flags`` line (other architectures, an unreadable file)
+    gives False: bfloat16 is only chosen where it is known to be native.
+    """
+    flag_sets = []
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(':')
+        if sep and key.strip() == 'flags':
+            flag_sets.append(set(value.split()))
+    return bool(flag_sets) and all(
+        any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS) for flags in flag_sets
+    )
+
+
+def read_cpuinfo(path: str = CPUINFO_PATH) -> str:
+    """The text of /proc/cpuinfo, or '' where there is none (not Linux)."""
+    try:
+        with open(path, encoding='utf-8', errors='replace') as f:
+            return f.read()
+    except OSError:
+        return ''
+
+
+def resolve_precision(requested: str, cpuinfo: Optional[str] = None) -> str:
+    """'float32' or 'bfloat16': `requested`, with 'auto' decided by this machine's CPU.
+
+    Args:
+      requested: 'auto', 'float32' or 'bfloat16'.
+      cpuinfo: the text of /proc/cpuinfo; read from this machine when None.
+
+    Raises:
+      ValueError: `requested` is not a precision.
+    """
+    validate_precision(requested)
+    if requested != PRECISION_AUTO:
+        return requested
+    if cpuinfo is None:
+        cpuinfo = read_cpuinfo()
+    return PRECISION_BFLOAT16 if has_native_bf16(cpuinfo) else PRECISION_FLOAT32
+
+
+def with_precision(model: keras.Model, precision: str) -> keras.Model:
+    """`model` itself for 'float32'; for 'bfloat16', a mixed-bfloat16 copy with the same weights.
+
+    The copy computes in bfloat16 and keeps float32 variables (Keras'
+    ``mixed_bfloat16`` policy), so its outputs are bfloat16: `make_encode_fn`
+    casts them back to float32.
+
+    Raises:
+      ValueError: `precision` is not 'float32' or 'bfloat16' (resolve 'auto' first).
+    """
+    if precision == PRECISION_FLOAT32:
+        return model
+    if precision != PRECISION_BFLOAT16:
+        raise ValueError(
+            f"precision must be 'float32' or 'bfloat16' here, got {precision!r} "
+            '(resolve_precision decides auto).'
+        )
+    # The policy is global while the layers are built: set it only around the build.
+    keras.mixed_precision.set_global_policy('mixed_bfloat16')
+    try:
+        copy = _inception_v3()
+    finally:
+        keras.mixed_precision.set_global_policy('float32')
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def keras_cache_path() -> str:
@@ -282,11 +388,12 @@ def make_encode_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
 
     Traced without AutoGraph: InceptionV3 has no data-dependent Python control
     flow, and AutoGraph-converting its ~300 layer calls takes 35-60 s on a
-    2-core machine against ~2 s without.
+    2-core machine against ~2 s without. A bfloat16 model's features are cast
+    to float32, so they are stored as float32 whatever the compute precision.
     """
     signature = tf.TensorSpec([None, features.IMAGE_SIZE, features.IMAGE_SIZE, 3], tf.float32)
     return tf.function(
-        lambda images: model(images, training=False),
+        lambda images: tf.cast(model(images, training=False), tf.float32),
         input_signature=[signature],
         autograph=False,
     )
@@ -317,18 +424,36 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def save_encoder(model: keras.Model, artifact_uri: str, weights: str, seed: int) -> EncoderSpec:
+def save_encoder(
+    model: keras.Model,
+    artifact_uri: str,
+    weights: str,
+    seed: int,
+    requested_precision: str = PRECISION_FLOAT32,
+    precision: str = PRECISION_FLOAT32,
+) -> EncoderSpec:
     """Writes `model` into the encoder artifact layout under `artifact_uri`.
 
     Args:
-      model: the encoder, from `build_inception_encoder`.
+      model: the float32 encoder, from `build_inception_encoder`.
       artifact_uri: the Model artifact's uri (local or remote).
       weights: the weights spec `model` was built from, recorded in the spec.
       seed: the seed it was built with, recorded in the spec.
+      requested_precision: the extractor's requested compute precision, recorded.
+      precision: the precision it resolved to, recorded; workers that load
+        the artifact compute in it (`load_encoder` itself returns float32).
 
     Returns:
       The spec written beside the weights.
+
+    Raises:
+      ValueError: a precision that is not allowed, or 'auto' left unresolved.
     """
+    validate_precision(requested_precision)
+    if precision not in (PRECISION_FLOAT32, PRECISION_BFLOAT16):
+        raise ValueError(
+            f"precision must be resolved to 'float32' or 'bfloat16', got {precision!r}."
+        )
     destination = os.path.join(artifact_uri, MODEL_DIR)
     tf.io.gfile.makedirs(destination)
     # h5py writes local files only: write locally, then copy to the artifact.
@@ -340,6 +465,8 @@ def save_encoder(model: keras.Model, artifact_uri: str, weights: str, seed: int)
             seed=int(seed),
             weights_sha256=_sha256(local),
             weights_fingerprint=weights_fingerprint(model),
+            requested_precision=requested_precision,
+            precision=precision,
         )
         tf.io.gfile.copy(local, os.path.join(destination, WEIGHTS_FILE), overwrite=True)
     with tf.io.gfile.GFile(os.path.join(destination, SPEC_FILE), 'w') as f:

@@ -18,6 +18,7 @@ the local runner and the Kubeflow runner both call it.
 
 from typing import List, Optional
 
+import tensorflow_data_validation as tfdv
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
@@ -34,6 +35,19 @@ from tfx_captioning.models.hparams import HParams
 
 PREPROCESSING_FN = 'tfx_captioning.models.preprocessing.preprocessing_fn'
 RUN_FN = 'tfx_captioning.models.trainer.run_fn'
+
+
+def statistics_options() -> tfdv.StatsOptions:
+    """TFDV options of both StatisticsGens: top-k and unique counts from sketches.
+
+    TFDV's default top-k generator keys a GroupByKey by every distinct value
+    of every string feature, including each image's encoded bytes, so Beam's
+    in-memory runner held all images several times over: StatisticsGen alone
+    peaked at 5.1 GB on 8,091 photo-like images (903 MB of JPEGs), against
+    0.96 GB with sketches (Misra-Gries top-k, KMV uniques, values over 1 KB
+    replaced by a placeholder), which also ran in 26 s instead of 46 s.
+    """
+    return tfdv.StatsOptions(use_sketch_based_topk_uniques=True)
 
 
 def create_pipeline(
@@ -86,7 +100,9 @@ def create_pipeline(
             raise ValueError(f'{name} must be an int >= 1 or None, got {steps!r}.')
 
     example_gen = Flickr8kExampleGen(input_base=data_root)
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs['examples'])
+    statistics_gen = tfx.components.StatisticsGen(
+        examples=example_gen.outputs['examples'], stats_options=statistics_options()
+    )
     schema_gen = tfx.components.SchemaGen(
         statistics=statistics_gen.outputs['statistics'], infer_feature_shape=False
     )
@@ -101,9 +117,9 @@ def create_pipeline(
     )
     feature_examples = feature_extractor.outputs[extractor_spec.FEATURE_EXAMPLES_KEY]
     # Transform reads the extractor's examples, so it needs their own schema.
-    feature_statistics_gen = tfx.components.StatisticsGen(examples=feature_examples).with_id(
-        'FeatureStatisticsGen'
-    )
+    feature_statistics_gen = tfx.components.StatisticsGen(
+        examples=feature_examples, stats_options=statistics_options()
+    ).with_id('FeatureStatisticsGen')
     feature_schema_gen = tfx.components.SchemaGen(
         statistics=feature_statistics_gen.outputs['statistics'], infer_feature_shape=False
     ).with_id('FeatureSchemaGen')

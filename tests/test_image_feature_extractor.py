@@ -109,6 +109,7 @@ def test_component_declares_its_channels_and_parameters():
         spec.MAX_IMAGE_PIXELS_KEY: features.MAX_IMAGE_PIXELS,
         # The executor's code, for TFX's cache key (tests/test_cache_keys.py).
         features.CODE_FINGERPRINT_KEY: code_fingerprint.fingerprint(executor.__name__),
+        spec.ENCODER_PRECISION_KEY: encoder.PRECISION_FLOAT32,
     }
 
 
@@ -129,6 +130,8 @@ def test_component_defaults_to_imagenet():
         ({'batch_size': 8.0}, 'batch_size'),
         ({'max_image_pixels': 0}, 'max_image_pixels'),
         ({'keep_image_bytes': 'yes'}, 'keep_image_bytes'),
+        ({'encoder_precision': 'float16'}, 'precision'),
+        ({'encoder_precision': 'bf16'}, 'precision'),
     ],
 )
 def test_component_rejects_bad_arguments_when_the_pipeline_is_built(arguments, message):
@@ -226,6 +229,10 @@ def test_output_is_a_standard_examples_artifact(extraction):
     assert encoder_artifact.get_string_custom_property(executor.ENCODER_FINGERPRINT_PROPERTY) == (
         encoder.read_encoder_spec(encoder_artifact.uri).weights_fingerprint
     )
+    for artifact in (feature_examples, encoder_artifact):
+        assert artifact.get_string_custom_property(executor.ENCODER_PRECISION_PROPERTY) == (
+            encoder.PRECISION_FLOAT32
+        )
 
 
 def test_features_agree_with_the_shared_preprocessing_and_the_saved_encoder(dataset, extraction):

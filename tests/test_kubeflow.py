@@ -454,7 +454,7 @@ def test_the_config_maps_onto_the_same_parameter_objects_as_the_local_runner():
             tflite_root=TFLITE_ROOT,
             train_steps=5,
             hparams={'epochs': 3, 'min_word_count': 2},
-            extractor={'weights': 'random', 'batch_size': 8},
+            extractor={'weights': 'random', 'batch_size': 8, 'encoder_precision': 'auto'},
             gate={'max_cider_drop': 0.05, 'min_metrics': {'BLEU-4': 0.1}},
         )
     )
@@ -462,7 +462,9 @@ def test_the_config_maps_onto_the_same_parameter_objects_as_the_local_runner():
     kwargs = config.pipeline_kwargs()
     assert kwargs['pusher'] == PusherParameters(serving_root=SERVING_ROOT, tflite_root=TFLITE_ROOT)
     assert kwargs['hparams'] == HParams(epochs=3, min_word_count=2)
-    assert kwargs['extractor'] == ExtractorParameters(weights='random', batch_size=8)
+    assert kwargs['extractor'] == ExtractorParameters(
+        weights='random', batch_size=8, encoder_precision='auto'
+    )
     assert kwargs['evaluator'] == EvaluatorParameters(
         gate=GateConfig(max_cider_drop=0.05, min_metrics={'BLEU-4': 0.1})
     )
@@ -483,6 +485,7 @@ def test_the_config_maps_onto_the_same_parameter_objects_as_the_local_runner():
         ({'gate': {'min_metrics': {'BLEU-7': 0.1}}}, 'unknown metric'),
         ({'extractor': {'weights': 'imagnet'}}, 'imagenet'),
         ({'extractor': {'wieghts': 'random'}}, 'unknown keys'),
+        ({'extractor': {'encoder_precision': 'bf16'}}, 'encoder precision'),
         ({'min_tflite_agreement': 2.0}, 'min_tflite_agreement'),
         ({'train_steps': 0}, 'train_steps'),
         ({'serving_root': ''}, 'serving_root is required'),

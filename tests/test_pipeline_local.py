@@ -67,3 +67,13 @@ def test_cli_refuses_bad_gate_and_extractor_flags_before_running(tmp_path, capsy
     assert cli.main(argv + flags) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / 'o' / 'tfx').exists()
+
+
+def test_encoder_precision_flag():
+    parse = cli.build_parser().parse_args
+    assert cli.pipeline_args(parse(['run']))['extractor'].encoder_precision == 'float32'
+    for precision in ('auto', 'float32', 'bfloat16'):
+        args = parse(['run', '--encoder-precision', precision])
+        assert cli.pipeline_args(args)['extractor'].encoder_precision == precision
+    with pytest.raises(SystemExit):  # argparse's choices: exit 2 with the allowed values
+        parse(['run', '--encoder-precision', 'float16'])

@@ -73,3 +73,68 @@ def test_captions_follow_from_the_pixels(tmp_path):
             first = record.captions[0].lower()
             assert f' {colour} ' in f' {first} ', (record.image_id, first, mean)
             assert position in first, (record.image_id, first, x)
+
+
+def test_flickr8k_split_sizes_leave_the_rest_in_no_split(tmp_path):
+    assert sample_data.flickr8k_split_counts(8091) == {
+        'Flickr_8k.trainImages.txt': 6000,
+        'Flickr_8k.devImages.txt': 1000,
+        'Flickr_8k.testImages.txt': 1000,
+    }
+    assert list(sample_data.flickr8k_split_counts(809).values()) == [600, 100, 100]
+    for n in range(8, 200):
+        assert sum(sample_data.flickr8k_split_counts(n).values()) <= n
+
+    sample_data.generate(
+        str(tmp_path), 20, seed=0, split_sizes=sample_data.flickr8k_split_counts(20)
+    )
+    plan = layout.load_plan(str(tmp_path))
+    assert {s: len(r) for s, r in plan.splits.items()} == {'train': 15, 'eval': 2, 'test': 2}
+    assert plan.skipped[layout.REASON_IN_NO_SPLIT] == 1
+
+
+def test_split_sizes_above_the_images_are_refused(tmp_path):
+    with pytest.raises(ValueError, match='do not fit'):
+        sample_data.generate(
+            str(tmp_path), 10, split_sizes={name: 4 for name in layout.SPLIT_FILES.values()}
+        )
+
+
+def test_photo_like_images_have_flickr8k_dimensions_and_sizes(tmp_path):
+    sample_data.generate(str(tmp_path), 12, seed=0, style=sample_data.PHOTO_LIKE)
+    images_dir = tmp_path / layout.IMAGES_DIR
+    sizes = []
+    for name in sorted(os.listdir(images_dir)):
+        with Image.open(images_dir / name) as image:
+            assert image.format == 'JPEG' and image.size == (500, 375)
+        sizes.append(os.path.getsize(images_dir / name))
+    # Flickr8k's JPEGs average 136 KB; these are 100-150 KB.
+    assert 90_000 < min(sizes) and max(sizes) < 160_000, sizes
+
+
+def test_parallel_painting_gives_the_same_bytes(tmp_path):
+    for processes in (1, 2):
+        sample_data.generate(
+            str(tmp_path / str(processes)),
+            10,
+            seed=4,
+            style=sample_data.PHOTO_LIKE,
+            processes=processes,
+        )
+    assert digest(tmp_path / '1') == digest(tmp_path / '2')
+
+
+def test_the_default_style_is_unchanged_by_the_photo_options():
+    """Textured styles add random draws; the default draws exactly as before."""
+    import random
+
+    scene = sample_data.Scene('red', 'circle', 'left', 'small', 'white')
+    default = sample_data.render(scene, random.Random(3))
+    explicit = sample_data.render(scene, random.Random(3), sample_data.ImageStyle())
+    assert default == explicit
+    assert hashlib.sha256(default).hexdigest() == DEFAULT_RENDER_SHA256
+
+
+# sha256 of render(Scene('red', 'circle', 'left', 'small', 'white'), Random(3)) before the
+# photo-like options existed (commit c12a56c): the demo's data, and its cache, are unchanged.
+DEFAULT_RENDER_SHA256 = '089c8aa3683faf2efdad190d70d04f818673958c054797d2660c132b9a7f9def'

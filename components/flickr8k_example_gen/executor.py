@@ -1,7 +1,7 @@
 """Beam executor of Flickr8kExampleGen: Flickr8k layout -> tf.Examples per split.
 
-TFX's `BaseExampleGenExecutor` does the splitting, writing and artifact
-bookkeeping; this executor only says how one split becomes tf.Examples:
+TFX's `BaseExampleGenExecutor` does the splitting and artifact bookkeeping;
+this executor says how one split becomes tf.Examples, and writes them itself:
 
 1. `Do` reads the small text files once (`layout.load_plan`), failing at once
    on a directory that is not a Flickr8k layout, and counts bad lines.
@@ -10,20 +10,29 @@ bookkeeping; this executor only says how one split becomes tf.Examples:
    and that it decodes, and builds a tf.Example with the id, the encoded bytes
    and **all** captions. Images that cannot be used are skipped and counted
    with a Beam counter (``unreadable_images``, ``oversized_images``).
-3. After the pipeline, every count is logged and recorded on the output
+3. Each split is written as TFX's ExampleGen writes it (gzipped TFRecords,
+   ``Split-<name>/data_tfrecord-*.gz``, payload and file format on the
+   artifact), but without TFX's `Reshuffle` before the write: the image list
+   is already shuffled before the images are read, and on the in-memory
+   DirectRunner that second shuffle held every encoded image of the run in
+   memory at once (1.1 GB of JPEGs for Flickr8k; see `WriteExamples`).
+4. After the pipeline, every count is logged and recorded on the output
    Examples artifact (custom properties ``skipped_<reason>`` and a JSON
    ``ingestion_report``), so nothing is dropped silently.
 """
 
 import io
 import logging
+import os
 from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import apache_beam as beam
 import tensorflow as tf
 from PIL import Image
 from tfx import types
-from tfx.components.example_gen import base_example_gen_executor
+from tfx.components.example_gen import base_example_gen_executor, write_split
+from tfx.components.example_gen import utils as example_gen_utils
+from tfx.components.util import examples_utils
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
@@ -140,6 +149,29 @@ def _Flickr8kSplitToExample(  # noqa: N802 (Beam's PTransform naming)
 _PLAN_KEY = '_flickr8k_plan'
 
 
+@beam.ptransform_fn
+@beam.typehints.with_input_types(tf.train.Example)
+def WriteExamples(  # noqa: N802 (Beam's PTransform naming)
+    examples: beam.pvalue.PCollection, output_split_uri: str
+) -> beam.pvalue.PDone:
+    """Writes one split as TFX's `write_split.WriteSplit` does, without its `Reshuffle`.
+
+    Records stream from reading to the file. A `Reshuffle` (a GroupByKey)
+    here would make the in-memory DirectRunner buffer the whole split, image
+    bytes included, before writing a record; the order is random already
+    (`_Flickr8kSplitToExample` shuffles the image list before reading).
+    """
+    return (
+        examples
+        | 'Serialize' >> beam.Map(lambda example: example.SerializeToString())
+        | 'Write'
+        >> beam.io.WriteToTFRecord(
+            os.path.join(output_split_uri, write_split.DEFAULT_FILE_NAME),
+            file_name_suffix='.gz',
+        )
+    )
+
+
 def _split_for_pattern(exec_properties: Dict[str, Any], pattern: str) -> str:
     input_config = example_gen_pb2.Input()
     proto_utils.json_to_proto(
@@ -189,6 +221,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         output_dict: Dict[str, List[types.Artifact]],
         exec_properties: Dict[str, Any],
     ) -> None:
+        self._log_startup(input_dict, output_dict, exec_properties)
         input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
         split_files = split_files_from_config(
             exec_properties[standard_component_specs.INPUT_CONFIG_KEY]
@@ -197,7 +230,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         plan = layout.load_plan(input_base, split_files)
         for split, records in plan.splits.items():
             logging.info('Flickr8k split %s: %d images planned.', split, len(records))
-        super().Do(input_dict, output_dict, dict(exec_properties, **{_PLAN_KEY: plan}))
+        self._generate_and_write(output_dict, dict(exec_properties, **{_PLAN_KEY: plan}))
 
         counters = self._beam_counters()
         skipped = dict(plan.skipped)
@@ -214,6 +247,35 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
             output_dict[standard_component_specs.EXAMPLES_KEY]
         )
         record_report(examples, report)
+
+    def _generate_and_write(
+        self, output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]
+    ) -> None:
+        """`BaseExampleGenExecutor.Do`, with `WriteExamples` as the write step."""
+        examples = output_dict[standard_component_specs.EXAMPLES_KEY]
+        input_config, output_config = example_gen_pb2.Input(), example_gen_pb2.Output()
+        proto_utils.json_to_proto(
+            exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config
+        )
+        proto_utils.json_to_proto(
+            exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY], output_config
+        )
+        split_names = example_gen_utils.generate_output_split_names(input_config, output_config)
+        for artifact in examples:
+            artifact.split_names = artifact_utils.encode_split_names(split_names)
+        with self._make_beam_pipeline() as pipeline:
+            example_splits = self.GenerateExamplesByBeam(pipeline, exec_properties)
+            for split, example_split in example_splits.items():
+                _ = example_split | f'WriteSplit[{split}]' >> WriteExamples(
+                    artifact_utils.get_split_uri(examples, split)
+                )
+        file_format = exec_properties.get(
+            standard_component_specs.OUTPUT_FILE_FORMAT_KEY,
+            example_gen_pb2.FILE_FORMAT_UNSPECIFIED,
+        )
+        for artifact in examples:
+            examples_utils.set_payload_format(artifact, example_gen_pb2.FORMAT_TF_EXAMPLE)
+            examples_utils.set_file_format(artifact, write_split.to_file_format_str(file_format))
 
     def _beam_counters(self) -> Dict[str, int]:
         return beam_metrics.read_counters(

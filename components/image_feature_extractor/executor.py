@@ -1,9 +1,12 @@
 """Beam executor of ImageFeatureExtractor: encoded images -> InceptionV3 features.
 
-1. `Do` validates the parameters and the input splits, then builds the
-   encoder once, in the driver, and writes it to the ``encoder`` artifact
-   (`models.encoder` documents the layout). Workers load that artifact, so
-   every worker, and later the Trainer, uses exactly these weights.
+1. `Do` validates the parameters and the input splits, resolves the compute
+   precision on this machine (``auto``: bfloat16 only with native CPU
+   support), then builds the encoder once, in the driver, and writes it to
+   the ``encoder`` artifact (`models.encoder` documents the layout; the spec
+   records the requested and resolved precision). Workers load that artifact
+   and compute in the recorded precision, so every worker uses exactly these
+   weights, and the Trainer builds the float32 serving model from them.
 2. Per split, one Beam branch reads the gzipped tf.Examples, decodes and
    checks each image in TensorFlow with the shared preprocessing function
    (`models.image_preprocessing`), batches `batch_size` images per InceptionV3
@@ -62,6 +65,9 @@ EXAMPLES_COUNTER_PREFIX = 'examples_'
 ENCODER_WEIGHTS_PROPERTY = 'encoder_weights'
 ENCODER_SEED_PROPERTY = 'encoder_seed'
 ENCODER_FINGERPRINT_PROPERTY = 'encoder_weights_fingerprint'
+# On both outputs: the compute precision asked for and the one used.
+ENCODER_PRECISION_PROPERTY = 'encoder_precision'
+REQUESTED_PRECISION_PROPERTY = 'encoder_precision_requested'
 
 # The names ExampleGen gives its files (tfx write_split), so every TFX reader
 # of Examples finds ours the same way.
@@ -166,15 +172,24 @@ class _DecodedImage:
 
 
 class EncoderRunner:
-    """One encoder and its compiled graph function, shared by the DoFns of a process."""
+    """One encoder and its compiled graph function, shared by the DoFns of a process.
 
-    def __init__(self, model: keras.Model):
-        self.model = model
-        self._encode = encoder.make_encode_fn(model)
+    Args:
+      model: the float32 encoder.
+      precision: 'float32', or 'bfloat16' to compute with a mixed-bfloat16
+        copy of it (features still float32).
+    """
+
+    def __init__(self, model: keras.Model, precision: str = encoder.PRECISION_FLOAT32):
+        self.precision = precision
+        self.model = encoder.with_precision(model, precision)
+        self._encode = encoder.make_encode_fn(self.model)
 
     @classmethod
     def load(cls, encoder_path: str) -> 'EncoderRunner':
-        return cls(encoder.load_encoder(encoder_path))
+        """The artifact's encoder, computing in the precision its spec records."""
+        precision = encoder.read_encoder_spec(encoder_path).precision
+        return cls(encoder.load_encoder(encoder_path), precision)
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """float32 [n, 299, 299, 3] in [-1, 1] -> float32 [n, FEATURE_SIZE]."""
@@ -370,6 +385,8 @@ def make_report(
         'skipped': {reason: counters.get(reason, 0) for reason in REASONS},
         'encoder_weights': encoder_spec.weights,
         'encoder_seed': encoder_spec.seed,
+        'encoder_precision': encoder_spec.precision,
+        'encoder_precision_requested': encoder_spec.requested_precision,
     }
 
 
@@ -384,6 +401,15 @@ def record_encoder(encoder_artifact: types.Artifact, encoder_spec: encoder.Encod
     encoder_artifact.set_int_custom_property(ENCODER_SEED_PROPERTY, encoder_spec.seed)
     encoder_artifact.set_string_custom_property(
         ENCODER_FINGERPRINT_PROPERTY, encoder_spec.weights_fingerprint
+    )
+    record_precision(encoder_artifact, encoder_spec)
+
+
+def record_precision(artifact: types.Artifact, encoder_spec: encoder.EncoderSpec) -> None:
+    """Records the requested and the resolved compute precision on `artifact`."""
+    artifact.set_string_custom_property(ENCODER_PRECISION_PROPERTY, encoder_spec.precision)
+    artifact.set_string_custom_property(
+        REQUESTED_PRECISION_PROPERTY, encoder_spec.requested_precision
     )
 
 
@@ -427,11 +453,23 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         encoder_artifact = artifact_utils.get_single_instance(output_dict[spec.ENCODER_KEY])
         input_uris = _input_split_uris(examples)
 
+        precision = encoder.resolve_precision(parameters.encoder_precision)
+        logging.info(
+            'Encoder compute precision: %s (requested %s).',
+            precision,
+            parameters.encoder_precision,
+        )
         model = encoder.build_inception_encoder(parameters.weights, parameters.seed)
         encoder_spec = encoder.save_encoder(
-            model, encoder_artifact.uri, parameters.weights, parameters.seed
+            model,
+            encoder_artifact.uri,
+            parameters.weights,
+            parameters.seed,
+            requested_precision=parameters.encoder_precision,
+            precision=precision,
         )
         record_encoder(encoder_artifact, encoder_spec)
+        record_precision(feature_examples, encoder_spec)
 
         feature_examples.split_names = artifact_utils.encode_split_names(list(input_uris))
         reshuffle = runner_has_several_workers(self._beam_pipeline_args)
@@ -439,7 +477,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         # Registered under the artifact's path and kept alive until the pipeline
         # ends, so in-process workers reuse this model instead of loading it again.
         driver_runner = encoder_handle.acquire(
-            lambda: EncoderRunner(model), tag=encoder_artifact.uri
+            lambda: EncoderRunner(model, precision), tag=encoder_artifact.uri
         )
         with self._make_beam_pipeline() as pipeline:
             for split, input_uri in input_uris.items():

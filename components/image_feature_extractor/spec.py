@@ -25,6 +25,7 @@ SEED_KEY = 'seed'
 BATCH_SIZE_KEY = 'batch_size'
 KEEP_IMAGE_BYTES_KEY = 'keep_image_bytes'
 MAX_IMAGE_PIXELS_KEY = 'max_image_pixels'
+ENCODER_PRECISION_KEY = 'encoder_precision'
 
 DEFAULT_BATCH_SIZE = 16
 """Images per InceptionV3 call. On the 2-core development machine batches of 8
@@ -44,6 +45,10 @@ class ExtractorParameters:
       batch_size: images per InceptionV3 call.
       keep_image_bytes: also copy the encoded image into the output examples.
       max_image_pixels: images whose header declares more pixels are skipped.
+      encoder_precision: InceptionV3's compute precision: 'float32',
+        'bfloat16', or 'auto' (bfloat16 only where the CPU running the
+        extractor has AVX512-BF16 or AMX; see `models.encoder`). Features
+        are stored as float32 either way, and the served model stays float32.
     """
 
     weights: str = encoder.WEIGHTS_IMAGENET
@@ -51,6 +56,7 @@ class ExtractorParameters:
     batch_size: int = DEFAULT_BATCH_SIZE
     keep_image_bytes: bool = False
     max_image_pixels: int = features.MAX_IMAGE_PIXELS
+    encoder_precision: str = encoder.PRECISION_FLOAT32
 
     def validate(self) -> 'ExtractorParameters':
         """Returns self.
@@ -59,6 +65,7 @@ class ExtractorParameters:
           ValueError: a parameter is out of range, naming it and what is allowed.
         """
         encoder.validate_weights(self.weights)
+        encoder.validate_precision(self.encoder_precision)
         for name in ('seed', 'batch_size', 'max_image_pixels'):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -80,6 +87,7 @@ class ExtractorParameters:
             BATCH_SIZE_KEY: self.batch_size,
             KEEP_IMAGE_BYTES_KEY: self.keep_image_bytes,
             MAX_IMAGE_PIXELS_KEY: self.max_image_pixels,
+            ENCODER_PRECISION_KEY: self.encoder_precision,
         }
 
     @classmethod
@@ -99,6 +107,9 @@ class ExtractorParameters:
             max_image_pixels=int(
                 exec_properties.get(MAX_IMAGE_PIXELS_KEY, defaults.max_image_pixels)
             ),
+            encoder_precision=exec_properties.get(
+                ENCODER_PRECISION_KEY, defaults.encoder_precision
+            ),
         ).validate()
 
 
@@ -113,6 +124,7 @@ class ImageFeatureExtractorSpec(types.ComponentSpec):
         MAX_IMAGE_PIXELS_KEY: ExecutionParameter(type=int),
         # Set by the component: its executor's code, for TFX's cache key.
         features.CODE_FINGERPRINT_KEY: ExecutionParameter(type=str, optional=True),
+        ENCODER_PRECISION_KEY: ExecutionParameter(type=str),
     }
     INPUTS = {
         EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
