@@ -75,25 +75,6 @@ def anomalies(store: metadata_store.MetadataStore) -> Dict[str, List[str]]:
     return result
 
 
-def execution_states(store: metadata_store.MetadataStore) -> List[Dict[str, Any]]:
-    """Every execution as {'component', 'state'} in creation order (for caching checks).
-
-    The component is the node id of the execution's TFX `node` context.
-    """
-    node_type = store.get_context_type('node').id
-    rows = []
-    for execution in sorted(store.get_executions(), key=lambda e: e.id):
-        nodes = [c for c in store.get_contexts_by_execution(execution.id) if c.type_id == node_type]
-        name = nodes[0].name.rsplit('.', 1)[-1] if nodes else execution.type
-        rows.append(
-            {
-                'component': name,
-                'state': metadata_store_pb2.Execution.State.Name(execution.last_known_state),
-            }
-        )
-    return rows
-
-
 def raw_examples(store: metadata_store.MetadataStore) -> Optional[metadata_store_pb2.Artifact]:
     """The latest ExampleGen output (the Examples that carry an ingestion report)."""
     candidates = [

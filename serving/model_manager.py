@@ -16,7 +16,6 @@ import dataclasses
 import logging
 import os
 import threading
-import time
 from typing import Dict, List, Mapping, Optional
 
 import grpc
@@ -233,15 +232,6 @@ class ModelManager:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
-
-    def wait_for_version(self, version: int, timeout_s: float) -> bool:
-        """Blocks until `version` is served or `timeout_s` passes; True if served."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if version in self._snapshot.servables:
-                return True
-            time.sleep(0.02)
-        return version in self._snapshot.servables
 
     # --- Serving -----------------------------------------------------------------
 

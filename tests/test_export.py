@@ -12,7 +12,7 @@ import tensorflow as tf
 import tf_keras as keras
 from tensorflow.core.protobuf import saved_model_pb2
 
-from tests import beam_reference, captioning_fixtures
+from tests import beam_reference, captioning_fixtures, greedy_reference
 from tests.flickr8k_fixtures import jpeg_bytes, png_bytes
 from tfx_captioning.models import decoder, export, features, image_preprocessing, trainer
 from tfx_captioning.serving.fixture_model import fixture_image_bytes, fixture_serving_images
@@ -235,7 +235,7 @@ def test_exported_loop_matches_keras_reference_on_raw_features(exported, loaded,
     out = loaded.signatures[features.FEATURES_SIGNATURE](
         **{features.IMAGE_FEATURES_INPUT: tf.constant(raw)}
     )
-    reference = decoder.reference_greedy_decode(
+    reference = greedy_reference.reference_greedy_decode(
         caption_model.decoder_model,
         caption_model.normalize(tf.constant(raw)).numpy(),
         caption_hparams.max_len,

@@ -34,6 +34,16 @@ pytestmark = pytest.mark.timeout(120)
 _MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 
 
+def wait_for_version(manager, version: int, timeout_s: float) -> bool:
+    """Blocks until `manager` serves `version` or `timeout_s` passes; True if served."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if version in manager.served_versions:
+            return True
+        time.sleep(0.02)
+    return version in manager.served_versions
+
+
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height, with no pixel data: a decompression bomb."""
     header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
@@ -380,7 +390,7 @@ def test_no_loadable_version_is_failed_precondition_until_one_is_pushed(
     assert status.version == 3 and status.status.error_message
 
     publish_fixture_version(fixture_caption_models['picture'], base_path, 4)
-    assert caption_server.managers[configs.MODEL_NAME].wait_for_version(4, timeout_s=30)
+    assert wait_for_version(caption_server.managers[configs.MODEL_NAME], 4, timeout_s=30)
     code, details, response = _call(predictions.Predict, _request([images['red.jpg']]))
     assert code == grpc.StatusCode.OK, details
     assert response.model_spec.version.value == 4
@@ -428,7 +438,7 @@ def test_latest_policy_unloads_the_old_version(
     caption_server = start_caption_server(base_path)
     publish_fixture_version(fixture_caption_models['photo'], base_path, 2)
     manager = caption_server.managers[configs.MODEL_NAME]
-    assert manager.wait_for_version(2, timeout_s=30)
+    assert wait_for_version(manager, 2, timeout_s=30)
     channel = grpc.insecure_channel(caption_server.target)
     predictions = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     code, _, _ = _call(predictions.Predict, _request([images['red.jpg']], version=1))
