@@ -23,8 +23,12 @@ What a signal does:
    TensorFlow's and Beam's threads at interpreter shutdown (which took 14 s
    after an interrupted training).
 3. If the main thread does not get there within `GRACE_S` (stuck in native
-   code), a watchdog thread runs `stop()` itself; if even that hangs, it exits
-   after another `GRACE_S`. Further signals during cleanup are ignored.
+   code, or in Beam's shutdown), a watchdog thread runs `stop()` itself; if
+   even that hangs, it exits after another `GRACE_S`. Further signals during
+   cleanup are ignored. Measured: 0.4-0.6 s from the signal to the exit in
+   ExampleGen, the extractor, Transform, StatisticsGen and training; 3.6 s
+   when a terminal's Ctrl-C also reaches `--beam-workers` processes (one
+   process group), which print a traceback each and stall Beam's shutdown.
 
 Nothing half-written is used later: TFX publishes a component's outputs only
 when it succeeds, and its cache takes outputs only from successful executions
@@ -42,14 +46,20 @@ from typing import Callable, Mapping, Optional
 
 EXIT_STATUS = 130
 """128 + SIGINT, the shell's status for an interrupted command (for SIGTERM too)."""
-GRACE_S = 5.0
+GRACE_S = 3.0
 """How long the main thread has to reach `stop()` before the watchdog does it."""
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def kill_child_processes() -> None:
-    """Kills every descendant process (Beam workers, JVMs) of this one."""
+    """Kills every descendant process (Beam workers, JVMs) of this one, which is exiting.
+
+    Beam's threads waiting on a killed worker would print a traceback each;
+    thread exceptions are silenced first.
+    """
     import psutil
+
+    threading.excepthook = lambda args: None
 
     try:
         children = psutil.Process().children(recursive=True)
