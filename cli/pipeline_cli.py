@@ -241,13 +241,30 @@ def _run(args: argparse.Namespace, paths: configs.LocalPaths, tracker) -> int:
         f'hyperparameters: {kwargs["hparams"].to_custom_config()}'
     )
     start = time.monotonic()
-    with tracker:
-        local_runner.run(
-            data, args.output, args.beam_workers, enable_cache=not args.no_cache, **kwargs
-        )
+    try:
+        with tracker:
+            local_runner.run(
+                data, args.output, args.beam_workers, enable_cache=not args.no_cache, **kwargs
+            )
+    except Exception as error:  # a component failed: name it and the cause in one line
+        failed = ', '.join(dict.fromkeys(tracker.unsuccessful().values())) or 'the pipeline'
+        _error(args, f'{failed} failed: {failure_cause(error)}')
+        if not args.verbose:
+            print('(--verbose shows the traceback)', file=sys.stderr)
+        return 1
     print(f'Pipeline finished in {time.monotonic() - start:.1f} s')
     print_summary(paths)
     return 0
+
+
+def failure_cause(error: BaseException) -> str:
+    """The innermost cause of a failed run as one line: 'ErrorType: first line of its message'."""
+    while error.__cause__ is not None or (
+        error.__context__ is not None and not error.__suppress_context__
+    ):
+        error = error.__cause__ or error.__context__
+    lines = str(error).strip().splitlines()
+    return f'{type(error).__name__}: {lines[0] if lines else "(no message)"}'
 
 
 def _stopped(tracker, paths: configs.LocalPaths, signal_name: str) -> None:

@@ -77,3 +77,38 @@ def test_encoder_precision_flag():
         assert cli.pipeline_args(args)['extractor'].encoder_precision == precision
     with pytest.raises(SystemExit):  # argparse's choices: exit 2 with the allowed values
         parse(['run', '--encoder-precision', 'float16'])
+
+
+def test_a_failing_run_ends_in_one_line_naming_the_cause(tmp_path, capsys, monkeypatch):
+    """A component failure (here: no space left, raised deep inside) is one line, exit 1."""
+    from tfx_captioning.cli import sample_data
+    from tfx_captioning.pipeline import local_runner
+
+    def failing_run(*args, **kwargs):
+        try:
+            raise OSError(28, 'No space left on device')
+        except OSError as cause:
+            raise RuntimeError('Execution 3 failed.') from cause
+
+    monkeypatch.setattr(local_runner, 'run', failing_run)
+    sample_data.generate(str(tmp_path / 'data'), 8)
+    argv = ['--output', str(tmp_path / 'o'), 'run', '--data', str(tmp_path / 'data')]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert 'error: the pipeline failed: OSError: [Errno 28] No space left on device' in err
+    assert 'Traceback' not in err
+    assert cli.main(['--verbose'] + argv) == 1
+    assert 'Traceback' in capsys.readouterr().err
+
+
+def test_failure_cause_is_the_innermost_exception():
+    try:
+        try:
+            raise PermissionError(13, 'Permission denied', '/srv/models')
+        except PermissionError as inner:
+            raise RuntimeError('component failed\nwith details') from inner
+    except RuntimeError as outer:
+        assert cli.failure_cause(outer) == (
+            "PermissionError: [Errno 13] Permission denied: '/srv/models'"
+        )
+    assert cli.failure_cause(ValueError('')) == 'ValueError: (no message)'
