@@ -234,5 +234,5 @@ def test_worse_model_is_not_blessed_nor_pushed(runs):
 def test_report_is_built(runs):
     built = report.build_report(runs['paths'])
     html = open(built['html'], encoding='utf-8').read()
-    assert 'BLEU-4' in html and 'NOT blessed' in html  # the latest run's decision
+    assert 'BLEU-4' in html and 'NOT BLESSED' in html  # the latest run's decision
     assert os.path.getsize(built['contact_sheet']) > 1000
