@@ -23,9 +23,9 @@ from typing import Any, Dict, List
 
 import pytest
 import tensorflow as tf
-from ml_metadata.proto import metadata_store_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
+from tests import mlmd_states
 from tfx_captioning.cli import pipeline_cli as cli
 from tfx_captioning.cli import report, sample_data, summary
 from tfx_captioning.components.caption_evaluator.gate import GateConfig
@@ -56,22 +56,7 @@ GATE = GateConfig(max_loss_increase=0.05, max_cider_drop=0.02)
 
 
 def executions(store) -> List[Dict[str, Any]]:
-    """Every execution as {'component', 'state'} in creation order (for caching checks).
-
-    The component is the node id of the execution's TFX `node` context.
-    """
-    node_type = store.get_context_type('node').id
-    rows = []
-    for execution in sorted(store.get_executions(), key=lambda e: e.id):
-        nodes = [c for c in store.get_contexts_by_execution(execution.id) if c.type_id == node_type]
-        name = nodes[0].name.rsplit('.', 1)[-1] if nodes else execution.type
-        rows.append(
-            {
-                'component': name,
-                'state': metadata_store_pb2.Execution.State.Name(execution.last_known_state),
-            }
-        )
-    return rows
+    return mlmd_states.execution_states(store)
 
 
 @pytest.fixture(scope='module')

@@ -30,6 +30,7 @@ from typing import List, Optional, Tuple
 
 import pytest
 
+from tests import mlmd_states
 from tfx_captioning.cli import pipeline_cli as cli
 from tfx_captioning.cli import summary
 from tfx_captioning.components import code_fingerprint
@@ -135,11 +136,11 @@ def runs(tmp_path_factory):
     paths = configs.LocalPaths(output)
     status, interrupted_output, latency = run_cli(output, stop_at='] Trainer ...')
     store = summary.open_store(paths.metadata_path)
-    first = summary.execution_states(store)
+    first = mlmd_states.execution_states(store)
     trainer_outputs = os.listdir(os.path.join(paths.pipeline_root, 'Trainer', 'model'))
 
     resumed_status, resumed_output, _ = run_cli(output)
-    resumed = summary.execution_states(store)[len(first) :]
+    resumed = mlmd_states.execution_states(store)[len(first) :]
 
     # The in-process runs get exactly the parameters the command line gave.
     kwargs = cli.pipeline_args(cli.build_parser().parse_args(RUN_FLAGS))
@@ -160,7 +161,7 @@ def runs(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(code_fingerprint, 'module_source', edited_source)
         local_runner.run(paths.sample_data, output, **kwargs)
-    after_code_edit = summary.execution_states(store)[done:]
+    after_code_edit = mlmd_states.execution_states(store)[done:]
 
     done += len(after_code_edit)
     token_file = os.path.join(paths.sample_data, layout.TOKEN_FILE)
@@ -170,7 +171,7 @@ def runs(tmp_path_factory):
     with open(token_file, 'w', encoding='utf-8') as f:
         f.write(captions.replace('circle', 'disc', 1))
     local_runner.run(paths.sample_data, output, **kwargs)
-    after_caption_edit = summary.execution_states(store)[done:]
+    after_caption_edit = mlmd_states.execution_states(store)[done:]
     return {
         'paths': paths,
         'status': status,
@@ -248,4 +249,4 @@ def test_sigterm_during_feature_extraction_exits_130_too(tmp_path):
     assert latency < INTERRUPT_LATENCY_S
     assert 'Interrupted by SIGTERM during ImageFeatureExtractor.' in text
     store = summary.open_store(configs.LocalPaths(output).metadata_path)
-    assert _states(summary.execution_states(store))['ImageFeatureExtractor'] == 'CANCELED'
+    assert _states(mlmd_states.execution_states(store))['ImageFeatureExtractor'] == 'CANCELED'
