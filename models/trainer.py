@@ -12,6 +12,8 @@ Hyperparameters come from the Trainer's ``custom_config``
 the total number of training steps, spread over ``epochs``.
 """
 
+import ctypes
+import gc
 import logging
 import math
 import os
@@ -199,6 +201,22 @@ def train(
     return history
 
 
+def return_freed_memory() -> None:
+    """Collects garbage and hands the heap that is free back to the operating system.
+
+    The local runner executes every component in one process, and glibc keeps
+    freed memory in its per-thread arenas: after training, export and three
+    TFLite conversions the process held about 1.2 GB more than before, which
+    the evaluator then started from (malloc_trim returned 700 MB of it when
+    measured). Elsewhere than glibc (macOS, musl) this only collects garbage.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 # TFX Trainer calls this.
 def run_fn(fn_args) -> None:
     """Trains the decoder on the transformed examples and exports the combined model.
@@ -213,6 +231,12 @@ def run_fn(fn_args) -> None:
       ValueError: no base model, or hyperparameters that contradict the
         transformed data.
     """
+    _train_and_export(fn_args)
+    # The models and datasets are unreachable once _train_and_export returns.
+    return_freed_memory()
+
+
+def _train_and_export(fn_args) -> None:
     hparams = HParams.from_custom_config(fn_args.custom_config or {})
     if not fn_args.base_model:
         raise ValueError(
