@@ -48,16 +48,7 @@ def run(
         pipeline_name=configs.PIPELINE_NAME,
         pipeline_root=paths.pipeline_root,
         data_root=os.path.abspath(data_root),
-        pusher=PusherParameters(
-            serving_root=paths.serving_root,
-            tflite_root=paths.tflite_root,
-            model_name=configs.MODEL_NAME,
-            **(
-                {}
-                if min_tflite_agreement is None
-                else {'min_tflite_agreement': min_tflite_agreement}
-            ),
-        ),
+        pusher=pusher,
         beam_pipeline_args=configs.beam_args_for_local(beam_workers),
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             paths.metadata_path
