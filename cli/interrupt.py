@@ -143,6 +143,7 @@ class RunInterrupts:
         self._kill_children = kill_children
         self._previous = {}
         self._stopping = threading.Lock()
+        self._previous_unraisablehook = None
         self.signal_name: Optional[str] = None
 
     @property
@@ -153,11 +154,24 @@ class RunInterrupts:
     def __enter__(self) -> 'RunInterrupts':
         for signum in SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
+        self._previous_unraisablehook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
         return self
 
     def __exit__(self, *exc_info) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = self._previous_unraisablehook
+
+    def _unraisable(self, unraisable) -> None:
+        # A signal that arrives while Python runs a `__del__` (TensorFlow's
+        # functions have one) raises our KeyboardInterrupt there, and Python
+        # swallows it, printing "Exception ignored in ..." and a traceback:
+        # the run would go on until the watchdog. Stop right here instead.
+        if self.requested and isinstance(unraisable.exc_value, KeyboardInterrupt):
+            self.stop()
+            return
+        self._previous_unraisablehook(unraisable)
 
     def _handle(self, signum: int, frame) -> None:
         if self.signal_name is not None:

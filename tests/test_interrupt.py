@@ -5,6 +5,7 @@ A pipeline subprocess interrupted during training and then resumed is in test_ru
 """
 
 import signal
+import sys
 import threading
 
 import pytest
@@ -73,3 +74,19 @@ def test_the_watchdog_stops_a_run_whose_main_thread_does_not_get_there():
             signal.raise_signal(signal.SIGINT)
         assert exited.wait(10)  # the main thread never called stop()
     assert calls == ['SIGINT', 'kill', interrupt.EXIT_STATUS]
+
+
+def test_a_signal_inside_a_finalizer_stops_the_run_without_a_traceback(capsys):
+    calls, hook = [], sys.unraisablehook
+
+    class Finalized:  # as TensorFlow's functions, which have a __del__
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+
+    with interrupt.RunInterrupts(
+        calls.append, grace_s=30, exit_fn=calls.append, kill_children=lambda: calls.append('kill')
+    ):
+        Finalized()  # Python swallows what __del__ raises; the run must stop all the same
+        assert calls == ['SIGINT', 'kill', interrupt.EXIT_STATUS]
+    assert 'Traceback' not in capsys.readouterr().err
+    assert sys.unraisablehook is hook  # restored
