@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
         help='Beam worker processes; >1 uses multi_processing (default: %(default)s)',
     )
     run.add_argument(
+        '--beam-runner',
+        choices=configs.BEAM_RUNNERS,
+        default='direct',
+        help="runner of the Beam steps: 'direct', or 'portable': Beam's PortableRunner on a local "
+        'job service, with --beam-workers SDK worker processes, all started and stopped for the '
+        'run (default: %(default)s)',
+    )
+    run.add_argument(
         '--sample-images',
         type=_positive_int,
         default=configs.DEFAULT_SAMPLE_IMAGES,
@@ -181,7 +189,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     progress.attach()
     start = time.monotonic()
-    local_runner.run(data, args.output, args.beam_workers, enable_cache=not args.no_cache, **kwargs)
+    local_runner.run(
+        data,
+        args.output,
+        args.beam_workers,
+        enable_cache=not args.no_cache,
+        beam_runner=args.beam_runner,
+        **kwargs,
+    )
     print(f'Pipeline finished in {time.monotonic() - start:.1f} s')
     print_summary(paths)
     return 0
