@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=configs.BEAM_RUNNERS,
         default='direct',
         help="runner of the Beam steps: 'direct', or 'portable': Beam's PortableRunner on a local "
-        'job service, with --beam-workers SDK worker processes, all started and stopped for the '
-        'run (default: %(default)s)',
+        'job service whose worker pool runs each job in a separate SDK worker process, started '
+        'and stopped for the run (default: %(default)s)',
     )
     run.add_argument(
         '--sample-images',

@@ -65,7 +65,7 @@ against a local job service with SDK workers in separate processes
 (`pipeline/portable_beam.py` starts and stops them)."""
 
 
-def beam_args_for_portable(job_endpoint: Any, worker_pool: Any, num_workers: int) -> List[Any]:
+def beam_args_for_portable(job_endpoint: Any, worker_pool: Any) -> List[Any]:
     """Beam arguments for the PortableRunner with an EXTERNAL SDK worker pool.
 
     This is how Flink and Spark run Beam Python: the pipeline goes to a job
@@ -76,22 +76,16 @@ def beam_args_for_portable(job_endpoint: Any, worker_pool: Any, num_workers: int
       job_endpoint: the job service, HOST:PORT, or a TFX placeholder that
         gives it when a step runs (see `portable_beam.LocalPortableBeam`).
       worker_pool: the worker pool service, HOST:PORT, or a placeholder.
-      num_workers: SDK worker processes the (local) job service starts.
 
     Returns:
       Strings, or TFX placeholders where an endpoint was one.
     """
-    if num_workers < 1:
-        raise ValueError(f'beam workers must be >= 1, got {num_workers}.')
     return [
         '--runner=PortableRunner',
         # `+`, not an f-string: a placeholder concatenates into a placeholder.
         '--job_endpoint=' + job_endpoint,
         '--environment_type=EXTERNAL',
         '--environment_config=' + worker_pool,
-        # Beam's local job service runs the job with its FnApiRunner, which
-        # asks the pool for this many workers.
-        f'--direct_num_workers={num_workers}',
     ]
 
 

@@ -30,8 +30,9 @@ def run(
     Args:
       data_root: a Flickr8k-layout directory.
       output_root: artifacts, metadata, pushed models and reports go under it.
-      beam_workers: Beam worker processes (see `configs.beam_args_for_local`
-        and `configs.beam_args_for_portable`).
+      beam_workers: DirectRunner processes (see `configs.beam_args_for_local`);
+        must be 1 with the portable runner, whose local job service runs each
+        job on one SDK worker process.
       enable_cache: reuse unchanged components' outputs.
       min_tflite_agreement: the Pusher's TFLite threshold; None keeps
         `PusherParameters`' default.

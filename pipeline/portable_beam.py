@@ -50,7 +50,7 @@ def free_loopback_port() -> int:
 class LocalPortableBeam:
     """A local Beam job service and SDK worker pool, for `with` blocks.
 
-        with LocalPortableBeam(num_workers=1) as services:
+        with LocalPortableBeam() as services:
             pipeline = create_pipeline(..., beam_pipeline_args=services.beam_args)
             tfx.orchestration.LocalDagRunner().run(pipeline)
 
@@ -59,16 +59,12 @@ class LocalPortableBeam:
     installed, never the caller's `__main__`.
     """
 
-    def __init__(self, num_workers: int = 1, log_dir: Optional[str] = None):
+    def __init__(self, log_dir: Optional[str] = None):
         """Args:
-        num_workers: SDK worker processes the job service asks the pool for.
         log_dir: where the services write their logs (and the job service
           its staged artifacts); a temporary directory, removed on stop, by
           default.
         """
-        if num_workers < 1:
-            raise ValueError(f'beam workers must be >= 1, got {num_workers}.')
-        self._num_workers = num_workers
         self._log_dir = log_dir
         self._stack = contextlib.ExitStack()
         self._processes: List[subprocess.Popen] = []
@@ -90,7 +86,7 @@ class LocalPortableBeam:
         """Beam arguments naming these services' ports, for a Beam pipeline outside TFX."""
         endpoints = self.endpoints
         return configs.beam_args_for_portable(
-            endpoints[JOB_ENDPOINT_ENV], endpoints[WORKER_POOL_ENV], self._num_workers
+            endpoints[JOB_ENDPOINT_ENV], endpoints[WORKER_POOL_ENV]
         )
 
     @property
@@ -108,7 +104,6 @@ class LocalPortableBeam:
         return configs.beam_args_for_portable(
             ph.environment_variable(JOB_ENDPOINT_ENV),
             ph.environment_variable(WORKER_POOL_ENV),
-            self._num_workers,
         )
 
     @property
@@ -268,7 +263,14 @@ def beam_args(runner: str, num_workers: int) -> Iterator[List[Any]]:
     if runner == 'direct':
         yield configs.beam_args_for_local(num_workers)
     elif runner == 'portable':
-        with LocalPortableBeam(num_workers) as services:
+        if num_workers != 1:
+            # FnApiRunner.run_via_runner_api, which the job service calls,
+            # never reads --direct_num_workers.
+            raise ValueError(
+                "Beam's local job service runs each job on one SDK worker process: use 1 Beam "
+                f'worker with the portable runner, got {num_workers}.'
+            )
+        with LocalPortableBeam() as services:
             yield services.beam_args
     else:
         raise ValueError(f'Unknown Beam runner {runner!r}; known: {list(configs.BEAM_RUNNERS)}.')
