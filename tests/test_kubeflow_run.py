@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
+import tensorflow as tf
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from tests import kfp_local
@@ -161,6 +162,32 @@ def _vocabulary(transform_graph_uri: str) -> Dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(assets.iterdir())}
 
 
+def _records(uri: str, split: str) -> Dict[bytes, bytes]:
+    """image_id -> the tf.Example's features, serialized deterministically."""
+    files = sorted(glob.glob(os.path.join(uri, f'Split-{split}', '*')))
+    rows = {}
+    for record in tf.data.TFRecordDataset(files, compression_type='GZIP').as_numpy_iterator():
+        example = tf.train.Example.FromString(record)
+        image_id = example.features.feature[features.IMAGE_ID_KEY].bytes_list.value[0]
+        rows[image_id] = example.SerializeToString(deterministic=True)
+    return rows
+
+
+def _first_difference(kfp_run: KfpRun, local_paths: configs.LocalPaths) -> str:
+    """Which artifact first differs between the two runs (to diagnose a caption mismatch)."""
+    for task, key in (
+        ('Flickr8kExampleGen', 'examples'),
+        ('ImageFeatureExtractor', 'feature_examples'),
+        ('Transform', 'transformed_examples'),
+    ):
+        kfp_uri = _single(kfp_run.runner.outputs[task], key).uri
+        (local_uri,) = glob.glob(os.path.join(local_paths.pipeline_root, task, key, '*'))
+        for split in features.SPLITS:
+            if _records(kfp_uri, split) != _records(local_uri, split):
+                return f'{task}.{key} differs in split {split!r}'
+    return 'the inputs of the Trainer are equal: training differed'
+
+
 # --- The spec runs, step by step -------------------------------------------------------
 
 
@@ -234,7 +261,8 @@ def test_the_same_vocabulary_and_captions_as_the_local_dag_runner(kfp_run, local
     images = _test_images(data)
     kfp_captions = pipeline_cli.caption_bytes(pushed['pushed_destination'], images)
     assert all(kfp_captions), kfp_captions
-    assert kfp_captions == pipeline_cli.caption_bytes(local['saved_model'], images)
+    local_captions = pipeline_cli.caption_bytes(local['saved_model'], images)
+    assert kfp_captions == local_captions, _first_difference(kfp_run, local_paths)
 
     kfp_tflite = TFLiteCaptioner(
         os.path.join(pushed[pusher_executor.TFLITE_DESTINATION_KEY], features.TFLITE_FILE)
