@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
         help='Beam worker processes; >1 uses multi_processing (default: %(default)s)',
     )
     run.add_argument(
+        '--beam-runner',
+        choices=configs.BEAM_RUNNERS,
+        default='direct',
+        help="runner of the Beam steps: 'direct', or 'portable': Beam's PortableRunner on a local "
+        'job service whose worker pool runs each job in a separate SDK worker process, started '
+        'and stopped for the run (default: %(default)s)',
+    )
+    run.add_argument(
         '--sample-images',
         type=_positive_int,
         default=configs.DEFAULT_SAMPLE_IMAGES,
@@ -244,7 +252,12 @@ def _run(args: argparse.Namespace, paths: configs.LocalPaths, tracker) -> int:
     try:
         with tracker:
             local_runner.run(
-                data, args.output, args.beam_workers, enable_cache=not args.no_cache, **kwargs
+                data,
+                args.output,
+                args.beam_workers,
+                enable_cache=not args.no_cache,
+                beam_runner=args.beam_runner,
+                **kwargs,
             )
     except Exception as error:  # a component failed: name it and the cause in one line
         failed = ', '.join(dict.fromkeys(tracker.unsuccessful().values())) or 'the pipeline'

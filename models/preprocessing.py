@@ -1,13 +1,14 @@
 """The Transform `preprocessing_fn`: vocabulary, caption id sequences, z-scored features.
 
 Transform calls `preprocessing_fn` (by dotted path
-``models.preprocessing.preprocessing_fn``) on the ImageFeatureExtractor's
+``tfx_captioning.models.preprocessing.preprocessing_fn``) on the ImageFeatureExtractor's
 examples and writes, per image:
 
 - `features.IMAGE_ID_KEY`: the image id, passed through;
 - `features.NORMALIZED_FEATURES_KEY`: the InceptionV3 features z-scored per
-  dimension (`tft.scale_to_z_score`), so that even random-weight features
-  (std ~5e-4) reach the decoder at unit scale;
+  dimension (`z_score_per_dimension`: `tft.scale_to_z_score` in float64, so
+  that the result does not depend on how Beam batches the examples), so that
+  even random-weight features (std ~5e-4) reach the decoder at unit scale;
 - `features.CAPTION_IDS_KEY`: **every** caption as ``<start> w1 .. wk <end>``
   ids, padded with ``<pad>`` (id 0) or truncated to ``max_len + 1`` ids, as a
   ragged ``[n_captions, max_len + 1]`` tensor, so any number of captions per
@@ -114,6 +115,21 @@ def caption_ids(
 
 
 # TFX Transform calls this.
+def z_score_per_dimension(values: tf.Tensor) -> tf.Tensor:
+    """float32 [batch, d] -> ``(values - mean) / std`` per dimension (`tft.scale_to_z_score`).
+
+    One mean and variance per dimension, not one over all of them (the
+    features' dimensions have very different scales); a dimension without
+    variance is only centred. Computed in float64, rounded to float32 at the
+    end: TFX's Transform lets Beam size its input batches by measured time,
+    and in float32 the per-batch sums made the statistics, and so the trained
+    model, depend on that batching (z-scores moved by up to 2e-4); in float64
+    two batchings agree to float32 rounding.
+    """
+    normalized = tft.scale_to_z_score(tf.cast(values, tf.float64), elementwise=True)
+    return tf.cast(normalized, tf.float32)
+
+
 def preprocessing_fn(
     inputs: Mapping[str, Any], custom_config: Optional[Dict[str, Any]] = None
 ) -> Dict[str, Any]:
@@ -141,9 +157,7 @@ def preprocessing_fn(
         features.FEATURE_SIZE,
         default_value=0.0,
     )
-    # elementwise=True: one mean and variance per feature dimension, not one
-    # over all 2048 (the features' dimensions have very different scales).
-    normalized = tft.scale_to_z_score(image_features, elementwise=True)
+    normalized = z_score_per_dimension(image_features)
 
     captions = normalize_caption(_to_ragged(inputs[features.CAPTIONS_KEY]))
     # A caption that was only punctuation would teach "<start> <end>": drop it.

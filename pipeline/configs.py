@@ -6,7 +6,7 @@ Runners (local, Kubeflow) read these defaults and pass everything to
 
 import dataclasses
 import os
-from typing import List
+from typing import Any, List
 
 from tfx_captioning.models import features
 
@@ -57,6 +57,36 @@ def beam_args_for_local(num_workers: int) -> List[str]:
     if num_workers == 1:
         return ['--direct_running_mode=in_memory', '--direct_num_workers=1']
     return ['--direct_running_mode=multi_processing', f'--direct_num_workers={num_workers}']
+
+
+BEAM_RUNNERS = ('direct', 'portable')
+"""Beam runners a local run can use: the DirectRunner, or Beam's portable runner
+against a local job service with SDK workers in separate processes
+(`pipeline/portable_beam.py` starts and stops them)."""
+
+
+def beam_args_for_portable(job_endpoint: Any, worker_pool: Any) -> List[Any]:
+    """Beam arguments for the PortableRunner with an EXTERNAL SDK worker pool.
+
+    This is how Flink and Spark run Beam Python: the pipeline goes to a job
+    service as a portable proto, and SDK workers in other processes, started
+    by the worker pool, run its Python code.
+
+    Args:
+      job_endpoint: the job service, HOST:PORT, or a TFX placeholder that
+        gives it when a step runs (see `portable_beam.LocalPortableBeam`).
+      worker_pool: the worker pool service, HOST:PORT, or a placeholder.
+
+    Returns:
+      Strings, or TFX placeholders where an endpoint was one.
+    """
+    return [
+        '--runner=PortableRunner',
+        # `+`, not an f-string: a placeholder concatenates into a placeholder.
+        '--job_endpoint=' + job_endpoint,
+        '--environment_type=EXTERNAL',
+        '--environment_config=' + worker_pool,
+    ]
 
 
 SAMPLE_ENCODER_WEIGHTS = 'random'
