@@ -48,7 +48,7 @@ import json
 import logging
 import os
 import tempfile
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import h5py
 import numpy as np
@@ -397,6 +397,39 @@ def make_encode_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
         input_signature=[signature],
         autograph=False,
     )
+
+
+REGIONS_LAYER = 'mixed10'
+"""InceptionV3's last block: the 8 x 8 x 2048 map whose average is the pooled vector."""
+
+
+def regions_model(model: keras.Model) -> keras.Model:
+    """`model` (InceptionV3 no-top, average pooling) with its last map as a second output.
+
+    The same layers and weights: float32 [N, 299, 299, 3] -> (pooled [N,
+    FEATURE_SIZE], regions [N, NUM_REGIONS, FEATURE_SIZE]), the regions in
+    row-major grid order. The pooled vector is exactly the regions' mean.
+    """
+    grid = model.get_layer(REGIONS_LAYER).output
+    regions = keras.layers.Reshape(
+        (features.NUM_REGIONS, features.FEATURE_SIZE), name='regions', dtype=grid.dtype
+    )(grid)
+    return keras.Model(model.input, [model.output, regions], name=f'{model.name}_regions')
+
+
+def make_encode_regions_fn(
+    model: keras.Model,
+) -> Callable[[tf.Tensor], Tuple[tf.Tensor, tf.Tensor]]:
+    """As `make_encode_fn`, but -> (pooled float32 [None, FEATURE_SIZE], regions float32
+    [None, NUM_REGIONS, FEATURE_SIZE]), from one InceptionV3 pass."""
+    signature = tf.TensorSpec([None, features.IMAGE_SIZE, features.IMAGE_SIZE, 3], tf.float32)
+    with_regions = regions_model(model)
+
+    def encode(images):
+        pooled, regions = with_regions(images, training=False)
+        return tf.cast(pooled, tf.float32), tf.cast(regions, tf.float32)
+
+    return tf.function(encode, input_signature=[signature], autograph=False)
 
 
 def model_dir(path: str) -> str:

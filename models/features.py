@@ -21,6 +21,17 @@ IMAGE_FEATURES_KEY = 'image_features'
 
 FEATURE_SIZE = 2048
 IMAGE_SIZE = 299
+
+IMAGE_REGIONS_KEY = 'image_regions'
+"""bytes[1]: InceptionV3's last feature map (``mixed10``, the map `IMAGE_FEATURES_KEY`
+averages), `NUM_REGIONS` x `FEATURE_SIZE` values in `REGION_DTYPE`, little-endian, region
+by region (row-major over the `REGION_GRID` x `REGION_GRID` grid), channels last."""
+REGION_GRID = 8
+"""InceptionV3's last map is 8 x 8 regions for a 299 x 299 input."""
+NUM_REGIONS = REGION_GRID * REGION_GRID
+REGION_DTYPE = 'float16'
+"""How the extractor stores region features: 256 KiB per image (float32 would be 512 KiB);
+their relative rounding error, 2**-11, is far below the features' own spread."""
 """InceptionV3 input height and width in pixels."""
 
 # --- Encoded images every runtime accepts (models/image_files.py checks them) ----------
@@ -75,6 +86,9 @@ IMAGE_BYTES_INPUT = 'image_bytes'
 """string[None]: encoded images, the input of `SERVING_SIGNATURE`."""
 IMAGE_FEATURES_INPUT = 'image_features'
 """float32[None, FEATURE_SIZE]: raw extractor features, input of `FEATURES_SIGNATURE`."""
+IMAGE_REGIONS_INPUT = 'image_regions'
+"""float32[None, NUM_REGIONS, FEATURE_SIZE]: raw region features, the second input of the
+features signatures of an attention model (`DECODER_ATTENTION`)."""
 CAPTION_OUTPUT = 'caption'
 """string[None]: the decoded caption, words joined by spaces, no special tokens."""
 TOKEN_IDS_OUTPUT = 'token_ids'
@@ -90,6 +104,18 @@ BEAM_FEATURES_SIGNATURE = 'caption_beam_from_features'
 LOG_PROB_OUTPUT = 'log_prob'
 """float32[None]: summed natural-log probability of the chosen sequence, `<end>` included
 (not length-normalised)."""
+ATTENTION_SIGNATURE = 'caption_attention'
+"""Attention models only: `IMAGE_BYTES_INPUT` -> the outputs of `SERVING_SIGNATURE` (greedy)
+plus `ATTENTION_OUTPUT`."""
+ATTENTION_OUTPUT = 'attention'
+"""float32[None, max_len, NUM_REGIONS]: per generated token, its attention weights over the
+regions (summing to 1; zeros after `<end>`)."""
+DECODER_INIT_INJECT = 'init_inject'
+"""The seed tutorial's decoder: the pooled features become the GRUs' initial state."""
+DECODER_ATTENTION = 'attention'
+"""Show, Attend and Tell's soft attention over the regions at every word, on top of the same
+initial state."""
+DECODERS = (DECODER_INIT_INJECT, DECODER_ATTENTION)
 DECODING_FILE = 'decoding.json'
 """The decoding settings fixed at export (greedy and beam: width, length normalisation and
 its reference), as JSON: in a SavedModel's `WARMUP_REQUESTS_DIR` (``assets.extra/``, which
@@ -124,6 +150,11 @@ def transformed_name(key: str) -> str:
 NORMALIZED_FEATURES_KEY = transformed_name(IMAGE_FEATURES_KEY)
 """float32[FEATURE_SIZE]: image features z-scored per dimension over the training split."""
 
+NORMALIZED_REGIONS_KEY = transformed_name(IMAGE_REGIONS_KEY)
+"""float32[NUM_REGIONS * FEATURE_SIZE]: region features z-scored per channel (one mean and
+variance per channel over every region of every training image); only when the extractor
+kept regions."""
+
 CAPTION_IDS_KEY = 'caption_ids'
 """int64[n_captions, max_len + 1] (first dimension ragged): `<start>` words `<end>` `<pad>`..."""
 
@@ -157,7 +188,8 @@ TFLITE_CANDIDATES_PROPERTY = 'tflite_candidates'
 'size_bytes', 'latency_ms' (one image) and 'agreement' (share of eval images
 captioned exactly as the SavedModel does)."""
 LOSS_SIGNATURE = 'caption_loss'
-"""Evaluation signature: NORMALIZED_FEATURES_KEY float32[None, FEATURE_SIZE] and
+"""Evaluation signature: NORMALIZED_FEATURES_KEY float32[None, FEATURE_SIZE] (and, for an
+attention model, NORMALIZED_REGIONS_KEY float32[None, NUM_REGIONS * FEATURE_SIZE]) and
 CAPTION_IDS_KEY int64[None, max_len + 1] (as Transform writes them, one caption
 per row) -> LOSS_OUTPUT and TOKENS_OUTPUT."""
 LOSS_OUTPUT = 'loss_sum'

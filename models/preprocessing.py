@@ -9,6 +9,9 @@ examples and writes, per image:
   dimension (`z_score_per_dimension`: `tft.scale_to_z_score` in float64, so
   that the result does not depend on how Beam batches the examples), so that
   even random-weight features (std ~5e-4) reach the decoder at unit scale;
+- `features.NORMALIZED_REGIONS_KEY` (when the extractor kept region
+  features): the 64 regions' features z-scored per channel
+  (`z_score_per_channel`), float32;
 - `features.CAPTION_IDS_KEY`: **every** caption as ``<start> w1 .. wk <end>``
   ids, padded with ``<pad>`` (id 0) or truncated to ``max_len + 1`` ids, as a
   ragged ``[n_captions, max_len + 1]`` tensor, so any number of captions per
@@ -130,6 +133,30 @@ def z_score_per_dimension(values: tf.Tensor) -> tf.Tensor:
     return tf.cast(normalized, tf.float32)
 
 
+# TFX Transform calls this.
+def z_score_per_channel(regions: tf.Tensor) -> tf.Tensor:
+    """float [batch, NUM_REGIONS, FEATURE_SIZE] -> z-scored per channel, float32 [batch, NUM_REGIONS * FEATURE_SIZE].
+
+    One mean and variance per channel over every region of every image (the
+    regions of a channel are the same detector at different places), from
+    `tft.scale_to_z_score` on the regions as rows of one [batch * NUM_REGIONS,
+    FEATURE_SIZE] matrix, in float64 as `z_score_per_dimension`.
+    """
+    rows = tf.reshape(tf.cast(regions, tf.float64), [-1, features.FEATURE_SIZE])
+    normalized = tft.scale_to_z_score(rows, elementwise=True)
+    return tf.reshape(
+        tf.cast(normalized, tf.float32), [-1, features.NUM_REGIONS * features.FEATURE_SIZE]
+    )
+
+
+def decode_regions(region_bytes: tf.Tensor) -> tf.Tensor:
+    """string [batch] (the extractor's `features.IMAGE_REGIONS_KEY`) -> float32 [batch, NUM_REGIONS, FEATURE_SIZE]."""
+    values = tf.io.decode_raw(region_bytes, tf.dtypes.as_dtype(features.REGION_DTYPE))
+    return tf.reshape(
+        tf.cast(values, tf.float32), [-1, features.NUM_REGIONS, features.FEATURE_SIZE]
+    )
+
+
 def preprocessing_fn(
     inputs: Mapping[str, Any], custom_config: Optional[Dict[str, Any]] = None
 ) -> Dict[str, Any]:
@@ -146,7 +173,9 @@ def preprocessing_fn(
     Returns:
       The transformed batch: `features.IMAGE_ID_KEY` string [batch],
       `features.NORMALIZED_FEATURES_KEY` float32 [batch, FEATURE_SIZE],
-      `features.CAPTION_IDS_KEY` int64 ragged [batch, (n_captions), max_len + 1].
+      `features.CAPTION_IDS_KEY` int64 ragged [batch, (n_captions), max_len + 1],
+      and `features.NORMALIZED_REGIONS_KEY` float32 [batch, NUM_REGIONS *
+      FEATURE_SIZE] when the input has `features.IMAGE_REGIONS_KEY`.
     """
     hparams = HParams.from_custom_config(custom_config or {})
 
@@ -158,6 +187,10 @@ def preprocessing_fn(
         default_value=0.0,
     )
     normalized = z_score_per_dimension(image_features)
+    outputs = {}
+    if features.IMAGE_REGIONS_KEY in inputs:
+        region_bytes = _to_dense(inputs[features.IMAGE_REGIONS_KEY], 1, default_value='')[:, 0]
+        outputs[features.NORMALIZED_REGIONS_KEY] = z_score_per_channel(decode_regions(region_bytes))
 
     captions = normalize_caption(_to_ragged(inputs[features.CAPTIONS_KEY]))
     # A caption that was only punctuation would teach "<start> <end>": drop it.
@@ -187,4 +220,5 @@ def preprocessing_fn(
         features.IMAGE_ID_KEY: image_id,
         features.NORMALIZED_FEATURES_KEY: normalized,
         features.CAPTION_IDS_KEY: per_image,
+        **outputs,
     }

@@ -45,6 +45,31 @@ CAPTION_TEMPLATES = (
 )
 
 
+def synthetic_images_with_regions(count: int, seed: int) -> List[Dict[str, Any]]:
+    """As `synthetic_images`, with the extractor's region features (float16 bytes).
+
+    The object sits in one region of the 8 x 8 grid (the image index picks
+    it); that region carries the colour and shape blocks, every other region
+    only noise, and the pooled features are the regions' mean, as
+    InceptionV3's are.
+    """
+    from tfx_captioning.components.image_feature_extractor.executor import (
+        decode_regions,
+        encode_regions,
+    )
+
+    rng = np.random.default_rng(seed + 1000)
+    instances = synthetic_images(count, seed)
+    for i, instance in enumerate(instances):
+        regions = rng.normal(0.0, _FEATURE_NOISE, (features.NUM_REGIONS, features.FEATURE_SIZE))
+        place = (7 * i) % features.NUM_REGIONS
+        regions[place] += (instance[features.IMAGE_FEATURES_KEY] > _SIGNAL / 2) * _SIGNAL * 8
+        stored = encode_regions(regions)
+        instance[features.IMAGE_REGIONS_KEY] = stored
+        instance[features.IMAGE_FEATURES_KEY] = decode_regions(stored).mean(axis=0)
+    return instances
+
+
 def raw_feature_spec() -> Dict[str, Any]:
     """The extractor's examples as Transform sees them (captions variable in number)."""
     return {
@@ -155,6 +180,10 @@ def write_raw_examples(instances: Sequence[Dict[str, Any]], path: str) -> None:
                     bytes_list=tf.train.BytesList(value=instance[features.CAPTIONS_KEY])
                 ),
             }
+            if features.IMAGE_REGIONS_KEY in instance:
+                feature[features.IMAGE_REGIONS_KEY] = tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[instance[features.IMAGE_REGIONS_KEY]])
+                )
             example = tf.train.Example(features=tf.train.Features(feature=feature))
             writer.write(example.SerializeToString())
 
@@ -239,3 +268,79 @@ def train_model(transformed, transform_graph, hparams, root: str, num_steps: int
         },
     )
     return model, model_run, base_model
+
+
+def varlen_schema(regions: bool = False):
+    """What SchemaGen(infer_feature_shape=False) infers for the extractor's examples."""
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    schema = schema_pb2.Schema()
+    columns = [
+        (features.IMAGE_ID_KEY, schema_pb2.BYTES),
+        (features.IMAGE_FEATURES_KEY, schema_pb2.FLOAT),
+        (features.CAPTIONS_KEY, schema_pb2.BYTES),
+    ]
+    if regions:
+        columns.append((features.IMAGE_REGIONS_KEY, schema_pb2.BYTES))
+    for name, feature_type in columns:
+        feature = schema.feature.add(name=name, type=feature_type)
+        feature.presence.min_fraction = 1.0
+    return schema
+
+
+def run_transform_executor(
+    raw: Mapping[str, Sequence[Dict[str, Any]]], root: str, custom_config: Dict[str, Any]
+):
+    """TFX's own Transform executor (statistics on, as in the pipeline) over extractor-like splits.
+
+    Returns:
+      (transformed Examples, TransformGraph) artifacts.
+    """
+    import json
+
+    from tfx.components.transform import executor as transform_executor
+    from tfx.types import standard_artifacts, standard_component_specs
+    from tfx.utils import io_utils
+
+    examples = artifact(standard_artifacts.Examples, os.path.join(root, 'examples'), list(raw))
+    for split, instances in raw.items():
+        split_dir = os.path.join(examples.uri, f'Split-{split}')
+        os.makedirs(split_dir)
+        write_raw_examples(instances, os.path.join(split_dir, 'data.gz'))
+    schema = artifact(standard_artifacts.Schema, os.path.join(root, 'schema'))
+    regions = any(features.IMAGE_REGIONS_KEY in i for s in raw.values() for i in s)
+    io_utils.write_pbtxt_file(os.path.join(schema.uri, 'schema.pbtxt'), varlen_schema(regions))
+
+    transform_graph = artifact(standard_artifacts.TransformGraph, os.path.join(root, 'graph'))
+    transformed = artifact(standard_artifacts.Examples, os.path.join(root, 'transformed'))
+    outputs = {
+        standard_component_specs.TRANSFORM_GRAPH_KEY: [transform_graph],
+        standard_component_specs.TRANSFORMED_EXAMPLES_KEY: [transformed],
+    }
+    for key, artifact_type in (
+        (standard_component_specs.PRE_TRANSFORM_STATS_KEY, standard_artifacts.ExampleStatistics),
+        (standard_component_specs.PRE_TRANSFORM_SCHEMA_KEY, standard_artifacts.Schema),
+        (standard_component_specs.POST_TRANSFORM_STATS_KEY, standard_artifacts.ExampleStatistics),
+        (standard_component_specs.POST_TRANSFORM_SCHEMA_KEY, standard_artifacts.Schema),
+        (
+            standard_component_specs.POST_TRANSFORM_ANOMALIES_KEY,
+            standard_artifacts.ExampleAnomalies,
+        ),
+    ):
+        outputs[key] = [artifact(artifact_type, os.path.join(root, key))]
+    transform_executor.Executor().Do(
+        {
+            standard_component_specs.EXAMPLES_KEY: [examples],
+            standard_component_specs.SCHEMA_KEY: [schema],
+        },
+        outputs,
+        {
+            standard_component_specs.PREPROCESSING_FN_KEY: (
+                'tfx_captioning.models.preprocessing.preprocessing_fn'
+            ),
+            standard_component_specs.CUSTOM_CONFIG_KEY: json.dumps(custom_config),
+            standard_component_specs.FORCE_TF_COMPAT_V1_KEY: 0,
+            standard_component_specs.SPLITS_CONFIG_KEY: None,
+        },
+    )
+    return transformed, transform_graph

@@ -110,6 +110,7 @@ def test_component_declares_its_channels_and_parameters():
         # The executor's code, for TFX's cache key (tests/test_cache_keys.py).
         features.CODE_FINGERPRINT_KEY: code_fingerprint.fingerprint(executor.__name__),
         spec.ENCODER_PRECISION_KEY: encoder.PRECISION_FLOAT32,
+        spec.REGION_FEATURES_KEY: True,
     }
 
 
@@ -192,6 +193,7 @@ def test_every_good_image_is_written_with_finite_features_and_all_captions(datas
                 features.IMAGE_ID_KEY,
                 features.IMAGE_FEATURES_KEY,
                 features.CAPTIONS_KEY,
+                features.IMAGE_REGIONS_KEY,
             }
             vector = np.asarray(feature[features.IMAGE_FEATURES_KEY].float_list.value)
             assert vector.shape == (features.FEATURE_SIZE,) and np.all(np.isfinite(vector))
@@ -251,6 +253,33 @@ def test_features_agree_with_the_shared_preprocessing_and_the_saved_encoder(data
     np.testing.assert_allclose(stacked, direct.numpy(), rtol=0, atol=1e-5)
     # Random-weight features are O(1) here, so 1e-5 is a tight tolerance.
     assert np.abs(stacked).mean() > 0.01
+
+
+def test_regions_are_kept_as_float16_and_average_to_the_pooled_features(dataset, extraction):
+    _, good = dataset
+    feature_examples, encoder_artifact, _ = extraction
+    split = next(iter(good))
+    written = fx.read_examples(feature_examples, split)
+    image_id = sorted(written)[0]
+    stored = written[image_id][features.IMAGE_REGIONS_KEY].bytes_list.value[0]
+    assert len(stored) == features.NUM_REGIONS * features.FEATURE_SIZE * 2  # float16
+    regions = executor.decode_regions(stored)
+    pooled = np.asarray(written[image_id][features.IMAGE_FEATURES_KEY].float_list.value)
+    # InceptionV3's pooled vector is its last map's mean: float16 storage keeps it.
+    np.testing.assert_allclose(regions.mean(axis=0), pooled, rtol=2e-3, atol=2e-3)
+    model = encoder.load_encoder(encoder_artifact.uri)
+    pixels = image_preprocessing.preprocess_batch(tf.constant([good[split][image_id]]))
+    _, direct = encoder.make_encode_regions_fn(model)(pixels)
+    np.testing.assert_allclose(regions, direct.numpy()[0], rtol=1e-3, atol=1e-3)
+
+
+def test_without_region_features_no_regions_are_written(sample_examples, tmp_path):
+    _, _, examples = sample_examples
+    feature_examples, _ = fx.run_extractor(
+        examples, str(tmp_path / 'extractor'), region_features=False, batch_size=16
+    )
+    written = fx.read_examples(feature_examples, features.TRAIN_SPLIT)
+    assert written and not any(features.IMAGE_REGIONS_KEY in f for f in written.values())
 
 
 def test_in_memory_workers_reuse_the_drivers_encoder(extraction):

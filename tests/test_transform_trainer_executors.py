@@ -9,17 +9,14 @@ through `tfx.components.trainer.executor.GenericExecutor` with
 ``run_fn='tfx_captioning.models.trainer.run_fn'``. The exported model is then queried.
 """
 
-import json
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
-from tensorflow_metadata.proto.v0 import schema_pb2
-from tfx.components.transform import executor as transform_executor
-from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
-from tfx.utils import io_utils, path_utils
+from tfx.types import artifact_utils
+from tfx.utils import path_utils
 
 from tests import captioning_fixtures
 from tests.flickr8k_fixtures import jpeg_bytes
@@ -33,66 +30,16 @@ SPLITS = (features.TRAIN_SPLIT, features.EVAL_SPLIT)
 _artifact = captioning_fixtures.artifact
 
 
-def _varlen_schema() -> schema_pb2.Schema:
-    """What SchemaGen(infer_feature_shape=False) infers for the extractor's examples."""
-    schema = schema_pb2.Schema()
-    for name, feature_type in (
-        (features.IMAGE_ID_KEY, schema_pb2.BYTES),
-        (features.IMAGE_FEATURES_KEY, schema_pb2.FLOAT),
-        (features.CAPTIONS_KEY, schema_pb2.BYTES),
-    ):
-        feature = schema.feature.add(name=name, type=feature_type)
-        feature.presence.min_fraction = 1.0
-    return schema
-
-
 @pytest.fixture(scope='module')
 def transform_outputs(tmp_path_factory, caption_hparams):
     """(transformed Examples, TransformGraph, raw eval instances) from TFX's Transform executor."""
     root = str(tmp_path_factory.mktemp('transform_executor'))
-    examples = _artifact(standard_artifacts.Examples, os.path.join(root, 'examples'), SPLITS)
     raw = {
         features.TRAIN_SPLIT: captioning_fixtures.synthetic_images(36, seed=1),
         features.EVAL_SPLIT: captioning_fixtures.synthetic_images(12, seed=2),
     }
-    for split, instances in raw.items():
-        split_dir = os.path.join(examples.uri, f'Split-{split}')
-        os.makedirs(split_dir)
-        captioning_fixtures.write_raw_examples(instances, os.path.join(split_dir, 'data.gz'))
-    schema = _artifact(standard_artifacts.Schema, os.path.join(root, 'schema'))
-    io_utils.write_pbtxt_file(os.path.join(schema.uri, 'schema.pbtxt'), _varlen_schema())
-
-    transform_graph = _artifact(standard_artifacts.TransformGraph, os.path.join(root, 'graph'))
-    transformed = _artifact(standard_artifacts.Examples, os.path.join(root, 'transformed'))
-    outputs = {
-        standard_component_specs.TRANSFORM_GRAPH_KEY: [transform_graph],
-        standard_component_specs.TRANSFORMED_EXAMPLES_KEY: [transformed],
-    }
-    for key, artifact_type in (
-        (standard_component_specs.PRE_TRANSFORM_STATS_KEY, standard_artifacts.ExampleStatistics),
-        (standard_component_specs.PRE_TRANSFORM_SCHEMA_KEY, standard_artifacts.Schema),
-        (standard_component_specs.POST_TRANSFORM_STATS_KEY, standard_artifacts.ExampleStatistics),
-        (standard_component_specs.POST_TRANSFORM_SCHEMA_KEY, standard_artifacts.Schema),
-        (
-            standard_component_specs.POST_TRANSFORM_ANOMALIES_KEY,
-            standard_artifacts.ExampleAnomalies,
-        ),
-    ):
-        outputs[key] = [_artifact(artifact_type, os.path.join(root, key))]
-    transform_executor.Executor().Do(
-        {
-            standard_component_specs.EXAMPLES_KEY: [examples],
-            standard_component_specs.SCHEMA_KEY: [schema],
-        },
-        outputs,
-        {
-            standard_component_specs.PREPROCESSING_FN_KEY: 'tfx_captioning.models.preprocessing.preprocessing_fn',
-            standard_component_specs.CUSTOM_CONFIG_KEY: json.dumps(
-                caption_hparams.transform_config()
-            ),
-            standard_component_specs.FORCE_TF_COMPAT_V1_KEY: 0,
-            standard_component_specs.SPLITS_CONFIG_KEY: None,
-        },
+    transformed, transform_graph = captioning_fixtures.run_transform_executor(
+        raw, root, caption_hparams.transform_config()
     )
     return transformed, transform_graph, raw[features.EVAL_SPLIT]
 

@@ -36,7 +36,7 @@ by ~1e-6 relative. The order of records in the output files is not guaranteed.
 import dataclasses
 import logging
 import os
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -132,6 +132,7 @@ def make_feature_example(
     image_features: np.ndarray,
     captions: Sequence[bytes],
     image_bytes: Optional[bytes] = None,
+    regions: Optional[np.ndarray] = None,
 ) -> tf.train.Example:
     """The output tf.Example of one image.
 
@@ -140,6 +141,8 @@ def make_feature_example(
       image_features: float[FEATURE_SIZE] InceptionV3 features.
       captions: every caption of the image, as in the input.
       image_bytes: the encoded image, only when it is kept.
+      regions: float[NUM_REGIONS, FEATURE_SIZE] region features, only when
+        kept; stored as `features.REGION_DTYPE` bytes (`encode_regions`).
     """
     feature = {
         features.IMAGE_ID_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id])),
@@ -154,7 +157,33 @@ def make_feature_example(
         feature[features.IMAGE_KEY] = tf.train.Feature(
             bytes_list=tf.train.BytesList(value=[image_bytes])
         )
+    if regions is not None:
+        feature[features.IMAGE_REGIONS_KEY] = tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[encode_regions(regions)])
+        )
     return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def encode_regions(regions: np.ndarray) -> bytes:
+    """float [NUM_REGIONS, FEATURE_SIZE] -> the stored bytes (little-endian float16).
+
+    Bytes rather than a float list: a tf.Example has no float16, and float32
+    would double the size (512 KiB per image). Transform decodes them with
+    ``tf.io.decode_raw(..., tf.float16)``.
+    """
+    regions = np.asarray(regions)
+    expected = (features.NUM_REGIONS, features.FEATURE_SIZE)
+    if regions.shape != expected:
+        raise ValueError(f'regions must have shape {expected}, got {regions.shape}.')
+    return np.ascontiguousarray(
+        regions, dtype='<' + np.dtype(features.REGION_DTYPE).str[1:]
+    ).tobytes()
+
+
+def decode_regions(data: bytes) -> np.ndarray:
+    """The inverse of `encode_regions`: float32 [NUM_REGIONS, FEATURE_SIZE]."""
+    values = np.frombuffer(data, dtype='<' + np.dtype(features.REGION_DTYPE).str[1:])
+    return values.astype(np.float32).reshape(features.NUM_REGIONS, features.FEATURE_SIZE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +213,7 @@ class EncoderRunner:
         self.precision = precision
         self.model = encoder.with_precision(model, precision)
         self._encode = encoder.make_encode_fn(self.model)
+        self._encode_regions = None
 
     @classmethod
     def load(cls, encoder_path: str) -> 'EncoderRunner':
@@ -194,6 +224,14 @@ class EncoderRunner:
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """float32 [n, 299, 299, 3] in [-1, 1] -> float32 [n, FEATURE_SIZE]."""
         return self._encode(tf.constant(pixels, dtype=tf.float32)).numpy()
+
+    def encode_with_regions(self, pixels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """float32 [n, 299, 299, 3] -> (pooled [n, FEATURE_SIZE], regions [n, NUM_REGIONS,
+        FEATURE_SIZE]), from one InceptionV3 pass."""
+        if self._encode_regions is None:
+            self._encode_regions = encoder.make_encode_regions_fn(self.model)
+        pooled, regions = self._encode_regions(tf.constant(pixels, dtype=tf.float32))
+        return pooled.numpy(), regions.numpy()
 
 
 def _skip_counters() -> Dict[str, beam.metrics.metricbase.Counter]:
@@ -260,9 +298,16 @@ class _DecodeImageDoFn(beam.DoFn):
 class _EncodeBatchDoFn(beam.DoFn):
     """Runs InceptionV3 once per batch and emits serialized output tf.Examples."""
 
-    def __init__(self, encoder_handle: shared.Shared, encoder_path: str, split: str):
+    def __init__(
+        self,
+        encoder_handle: shared.Shared,
+        encoder_path: str,
+        split: str,
+        region_features: bool = False,
+    ):
         self._encoder_handle = encoder_handle
         self._encoder_path = encoder_path
+        self._region_features = region_features
         self._written = beam.metrics.Metrics.counter(
             METRICS_NAMESPACE, EXAMPLES_COUNTER_PREFIX + split
         )
@@ -275,15 +320,19 @@ class _EncodeBatchDoFn(beam.DoFn):
         self._runner = self._encoder_handle.acquire(lambda: EncoderRunner.load(path), tag=path)
 
     def process(self, batch: List[_DecodedImage]) -> Iterator[bytes]:
-        image_features = self._runner.encode(np.stack([image.pixels for image in batch]))
-        for image, vector in zip(batch, image_features):
+        pixels = np.stack([image.pixels for image in batch])
+        if self._region_features:
+            image_features, regions = self._runner.encode_with_regions(pixels)
+        else:
+            image_features, regions = self._runner.encode(pixels), [None] * len(batch)
+        for image, vector, image_regions in zip(batch, image_features, regions):
             if not np.all(np.isfinite(vector)):
                 logging.warning('Skipping image %r: non-finite features.', image.image_id)
                 self._skipped[REASON_NON_FINITE].inc()
                 continue
             self._written.inc()
             yield make_feature_example(
-                image.image_id, vector, image.captions, image.image_bytes
+                image.image_id, vector, image.captions, image.image_bytes, image_regions
             ).SerializeToString()
 
 
@@ -341,7 +390,10 @@ def ExtractSplitFeatures(  # noqa: N802 (Beam's PTransform naming)
         >> beam.BatchElements(
             min_batch_size=parameters.batch_size, max_batch_size=parameters.batch_size
         )
-        | 'Encode' >> beam.ParDo(_EncodeBatchDoFn(encoder_handle, encoder_path, split))
+        | 'Encode'
+        >> beam.ParDo(
+            _EncodeBatchDoFn(encoder_handle, encoder_path, split, parameters.region_features)
+        )
         | 'WriteExamples'
         >> beam.io.WriteToTFRecord(
             os.path.join(output_split_uri, OUTPUT_FILE_PREFIX),

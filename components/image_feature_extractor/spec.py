@@ -26,6 +26,7 @@ BATCH_SIZE_KEY = 'batch_size'
 KEEP_IMAGE_BYTES_KEY = 'keep_image_bytes'
 MAX_IMAGE_PIXELS_KEY = 'max_image_pixels'
 ENCODER_PRECISION_KEY = 'encoder_precision'
+REGION_FEATURES_KEY = 'region_features'
 
 DEFAULT_BATCH_SIZE = 16
 """Images per InceptionV3 call. On the 2-core development machine batches of 8
@@ -49,6 +50,12 @@ class ExtractorParameters:
         'bfloat16', or 'auto' (bfloat16 only where the CPU running the
         extractor has AVX512-BF16 or AMX; see `models.encoder`). Features
         are stored as float32 either way, and the served model stays float32.
+      region_features: also keep InceptionV3's last 8 x 8 x 2048 map (the 64
+        regions the attention decoder attends over) as float16,
+        `features.IMAGE_REGIONS_KEY`: 256 KiB per image. On by default, so
+        that switching decoders (a Trainer hyperparameter) never recomputes
+        features; turn it off to save the space when only the init-inject
+        decoder will run.
     """
 
     weights: str = encoder.WEIGHTS_IMAGENET
@@ -57,6 +64,7 @@ class ExtractorParameters:
     keep_image_bytes: bool = False
     max_image_pixels: int = features.MAX_IMAGE_PIXELS
     encoder_precision: str = encoder.PRECISION_FLOAT32
+    region_features: bool = True
 
     def validate(self) -> 'ExtractorParameters':
         """Returns self.
@@ -76,8 +84,9 @@ class ExtractorParameters:
             raise ValueError(f'batch_size must be in [1, {MAX_BATCH_SIZE}], got {self.batch_size}.')
         if self.max_image_pixels < 1:
             raise ValueError(f'max_image_pixels must be >= 1, got {self.max_image_pixels}.')
-        if not isinstance(self.keep_image_bytes, bool):
-            raise ValueError(f'keep_image_bytes must be a bool, got {self.keep_image_bytes!r}.')
+        for name in ('keep_image_bytes', 'region_features'):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f'{name} must be a bool, got {getattr(self, name)!r}.')
         return self
 
     def to_exec_properties(self) -> dict:
@@ -88,6 +97,7 @@ class ExtractorParameters:
             KEEP_IMAGE_BYTES_KEY: self.keep_image_bytes,
             MAX_IMAGE_PIXELS_KEY: self.max_image_pixels,
             ENCODER_PRECISION_KEY: self.encoder_precision,
+            REGION_FEATURES_KEY: self.region_features,
         }
 
     @classmethod
@@ -110,6 +120,9 @@ class ExtractorParameters:
             encoder_precision=exec_properties.get(
                 ENCODER_PRECISION_KEY, defaults.encoder_precision
             ),
+            region_features=bool(
+                exec_properties.get(REGION_FEATURES_KEY, defaults.region_features)
+            ),
         ).validate()
 
 
@@ -125,6 +138,7 @@ class ImageFeatureExtractorSpec(types.ComponentSpec):
         # Set by the component: its executor's code, for TFX's cache key.
         features.CODE_FINGERPRINT_KEY: ExecutionParameter(type=str, optional=True),
         ENCODER_PRECISION_KEY: ExecutionParameter(type=str),
+        REGION_FEATURES_KEY: ExecutionParameter(type=bool),
     }
     INPUTS = {
         EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
