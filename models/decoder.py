@@ -6,6 +6,11 @@ Training uses `build_decoder`, a teacher-forced Keras model
     features -> Dense(units, tanh) ──initial state──┐ (each of the stacked GRUs)
     ids -> Embedding(vocab, embedding_dim) -> GRU -> GRU -> GRU -> Dense(vocab) logits
 
+With ``hparams.decoder == 'attention'`` it also takes the normalised region
+features, and the stacked GRUs become one `attention_lib.AttentionGRUCell` run by
+Keras' `RNN`: at every word the top GRU's state attends over the 64 regions
+and the context vector joins the word embedding (Show, Attend and Tell).
+
 Inference reuses the *same layers* one token at a time: `initial_states` and
 `decode_step` are small functions of `DecoderLayers`, and `greedy_decode` runs
 them in a batched `tf.while_loop` that stops each row at ``<end>`` (no Python
@@ -19,12 +24,13 @@ obviously-correct reference for tests and the benchmark.
 """
 
 import dataclasses
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tfx_captioning.models import attention as attention_lib
 from tfx_captioning.models import features
 from tfx_captioning.models.hparams import HParams
 
@@ -33,6 +39,7 @@ INITIAL_STATE_LAYER = 'initial_state'
 EMBEDDING_LAYER = 'embedding'
 GRU_LAYER_PREFIX = 'gru_'
 LOGITS_LAYER = 'logits'
+ATTENTION_LAYER = 'attention_gru'
 
 # Added to the logits of tokens that must never be generated. Large and finite
 # (not -inf) so that no NaN can appear, in TF or in TFLite.
@@ -49,6 +56,8 @@ def build_decoder(hparams: HParams, vocab_size: int) -> keras.Model:
     Inputs (a dict, or a list in this order):
       `features.NORMALIZED_FEATURES_KEY`: float32 [batch, FEATURE_SIZE].
       `features.DECODER_INPUT_KEY`: int32 [batch, time], ``<start>`` first.
+      `features.NORMALIZED_REGIONS_KEY` (attention only): float32 [batch,
+      NUM_REGIONS * FEATURE_SIZE], as Transform writes them.
 
     Output: float32 logits [batch, time, vocab_size] for the next token.
 
@@ -76,12 +85,29 @@ def build_decoder(hparams: HParams, vocab_size: int) -> keras.Model:
     x = keras.layers.Embedding(vocab_size, hparams.embedding_dim, name=EMBEDDING_LAYER)(
         decoder_input
     )
-    for i in range(hparams.num_layers):
-        x = keras.layers.GRU(
-            hparams.units, return_sequences=True, name=f'{GRU_LAYER_PREFIX}{i + 1}'
-        )(x, initial_state=state)
+    inputs = [image_features, decoder_input]
+    if hparams.attention:
+        flat_regions = keras.Input(
+            shape=(features.NUM_REGIONS * features.FEATURE_SIZE,),
+            dtype=tf.float32,
+            name=features.NORMALIZED_REGIONS_KEY,
+        )
+        inputs.append(flat_regions)
+        regions = keras.layers.Reshape((features.NUM_REGIONS, features.FEATURE_SIZE))(flat_regions)
+        cell = attention_lib.AttentionGRUCell(
+            hparams.units, hparams.num_layers, hparams.attention_units, name='attention_cell'
+        )
+        keys = cell.keys(regions)  # once per image, not per word
+        x = keras.layers.RNN(cell, return_sequences=True, name=ATTENTION_LAYER)(
+            x, initial_state=[state] * hparams.num_layers, constants=[regions, keys]
+        )
+    else:
+        for i in range(hparams.num_layers):
+            x = keras.layers.GRU(
+                hparams.units, return_sequences=True, name=f'{GRU_LAYER_PREFIX}{i + 1}'
+            )(x, initial_state=state)
     logits = keras.layers.Dense(vocab_size, name=LOGITS_LAYER)(x)
-    return keras.Model([image_features, decoder_input], logits, name='caption_decoder')
+    return keras.Model(inputs, logits, name='caption_decoder')
 
 
 def masked_cross_entropy(targets: tf.Tensor, logits: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -112,53 +138,112 @@ class DecoderLayers:
     embedding: keras.layers.Embedding
     grus: Tuple[keras.layers.GRU, ...]
     logits: keras.layers.Dense
+    attention: Optional[attention_lib.AttentionGRUCell] = None
+    """The attention decoder's cell (its GRU cells replace `grus`, which is empty)."""
 
     @classmethod
     def from_model(cls, model: keras.Model) -> 'DecoderLayers':
         """The layers of a model built by `build_decoder`."""
+        names = [layer.name for layer in model.layers]
+        cell = model.get_layer(ATTENTION_LAYER).cell if ATTENTION_LAYER in names else None
         grus = tuple(layer for layer in model.layers if layer.name.startswith(GRU_LAYER_PREFIX))
-        if not grus:
-            raise ValueError(f'Model {model.name!r} has no {GRU_LAYER_PREFIX}* layers.')
+        if not grus and cell is None:
+            raise ValueError(
+                f'Model {model.name!r} has no {GRU_LAYER_PREFIX}* or {ATTENTION_LAYER} layer.'
+            )
         return cls(
             initial_state=model.get_layer(INITIAL_STATE_LAYER),
             embedding=model.get_layer(EMBEDDING_LAYER),
             grus=grus,
             logits=model.get_layer(LOGITS_LAYER),
+            attention=cell,
         )
 
     @property
     def vocab_size(self) -> int:
         return int(self.logits.units)
 
+    @property
+    def num_layers(self) -> int:
+        return self.attention.num_layers if self.attention is not None else len(self.grus)
+
+
+Memory = Optional[Tuple[tf.Tensor, tf.Tensor]]
+"""What the attention decoder attends over: (regions [batch, NUM_REGIONS, FEATURE_SIZE],
+their keys); None for the init-inject decoder."""
+
+
+def memory(layers: DecoderLayers, normalized_regions: Optional[tf.Tensor]) -> Memory:
+    """The attention memory of a batch (keys computed once per image), or None.
+
+    Args:
+      layers: the decoder's layers.
+      normalized_regions: float32 [batch, NUM_REGIONS, FEATURE_SIZE] (or flat
+        [batch, NUM_REGIONS * FEATURE_SIZE]), z-scored as in training; None
+        for the init-inject decoder.
+
+    Raises:
+      ValueError: regions given to a decoder without attention, or missing
+        for one with it.
+    """
+    if layers.attention is None:
+        if normalized_regions is not None:
+            raise ValueError('This decoder has no attention: it takes no region features.')
+        return None
+    if normalized_regions is None:
+        raise ValueError('The attention decoder needs the region features.')
+    regions = tf.reshape(normalized_regions, [-1, features.NUM_REGIONS, features.FEATURE_SIZE])
+    return regions, layers.attention.project(regions)
+
 
 def initial_states(layers: DecoderLayers, normalized_features: tf.Tensor) -> List[tf.Tensor]:
     """float32 [batch, FEATURE_SIZE] -> one [batch, units] initial state per GRU layer."""
     state = layers.initial_state(normalized_features)
-    return [state for _ in layers.grus]
+    return [state for _ in range(layers.num_layers)]
+
+
+def attention_step(
+    layers: DecoderLayers,
+    token_ids: tf.Tensor,
+    states: Sequence[tf.Tensor],
+    attention_memory: Memory = None,
+) -> Tuple[tf.Tensor, List[tf.Tensor], Optional[tf.Tensor]]:
+    """`decode_step`, also returning the attention weights (None without attention)."""
+    x = layers.embedding(token_ids)
+    if layers.attention is not None:
+        regions, keys = attention_memory
+        x, new_states, alpha = layers.attention.step(x, states, regions, keys)
+        return layers.logits(x), new_states, alpha
+    new_states = []
+    for gru, state in zip(layers.grus, states):
+        x, state_list = gru.cell(x, [state])
+        new_states.append(state_list[0])
+    return layers.logits(x), new_states, None
 
 
 def decode_step(
-    layers: DecoderLayers, token_ids: tf.Tensor, states: Sequence[tf.Tensor]
+    layers: DecoderLayers,
+    token_ids: tf.Tensor,
+    states: Sequence[tf.Tensor],
+    attention_memory: Memory = None,
 ) -> Tuple[tf.Tensor, List[tf.Tensor]]:
     """One decoding step for a batch: previous token and GRU states -> next-token logits.
 
-    Runs each GRU layer's own cell, so the weights and the arithmetic are
-    exactly those of the teacher-forced training model.
+    Runs each GRU layer's own cell (or the attention cell's `step`), so the
+    weights and the arithmetic are exactly those of the teacher-forced
+    training model.
 
     Args:
       layers: the decoder's layers.
       token_ids: int32 [batch], the previous token.
       states: one float32 [batch, units] state per GRU layer.
+      attention_memory: `memory(...)` of the batch, for the attention decoder.
 
     Returns:
       (logits float32 [batch, vocab], new states).
     """
-    x = layers.embedding(token_ids)
-    new_states = []
-    for gru, state in zip(layers.grus, states):
-        x, state_list = gru.cell(x, [state])
-        new_states.append(state_list[0])
-    return layers.logits(x), new_states
+    logits, new_states, _ = attention_step(layers, token_ids, states, attention_memory)
+    return logits, new_states
 
 
 def next_token(logits: tf.Tensor) -> tf.Tensor:
@@ -170,8 +255,12 @@ def next_token(logits: tf.Tensor) -> tf.Tensor:
 
 
 def greedy_decode(
-    layers: DecoderLayers, normalized_features: tf.Tensor, max_len: int
-) -> Tuple[tf.Tensor, tf.Tensor]:
+    layers: DecoderLayers,
+    normalized_features: tf.Tensor,
+    max_len: int,
+    normalized_regions: Optional[tf.Tensor] = None,
+    with_attention: bool = False,
+) -> Tuple[tf.Tensor, ...]:
     """Greedy decoding of a batch inside the graph, each row stopping at ``<end>``.
 
     The loop ends when every row has produced ``<end>`` or after `max_len`
@@ -181,28 +270,38 @@ def greedy_decode(
       layers: the decoder's layers.
       normalized_features: float32 [batch, FEATURE_SIZE], z-scored as in training.
       max_len: the most tokens to emit per row, ``<end>`` included.
+      normalized_regions: float32 [batch, NUM_REGIONS, FEATURE_SIZE] (or
+        flat), z-scored as in training: the attention decoder's input only.
+      with_attention: also return the attention weights (attention decoder).
 
     Returns:
       token_ids int32 [batch, max_len]: words, then ``<end>``, then ``<pad>``;
-      length int32 [batch]: number of words (before ``<end>``).
+      length int32 [batch]: number of words (before ``<end>``); with
+      `with_attention`, attention float32 [batch, max_len, NUM_REGIONS]: each
+      emitted token's weights over the regions (zeros after ``<end>``).
     """
+    if with_attention and layers.attention is None:
+        raise ValueError('with_attention needs the attention decoder.')
+    attention_memory = memory(layers, normalized_regions)
     batch_size = tf.shape(normalized_features)[0]
     positions = tf.range(max_len, dtype=tf.int32)
 
-    def keep_going(step, tokens, states, token_ids, finished):
-        del tokens, states, token_ids
+    def keep_going(step, tokens, states, token_ids, finished, *weights):
+        del tokens, states, token_ids, weights
         return tf.logical_and(step < max_len, tf.logical_not(tf.reduce_all(finished)))
 
-    def body(step, tokens, states, token_ids, finished):
-        logits, states = decode_step(layers, tokens, states)
+    def body(step, tokens, states, token_ids, finished, *weights):
+        logits, states, alpha = attention_step(layers, tokens, states, attention_memory)
         tokens = tf.where(finished, features.PAD_ID, next_token(logits))
         # Write column `step` with a select rather than a TensorArray: fixed
         # shapes and builtin ops only (the TFLite variant reuses this loop).
-        token_ids = tf.where(
-            tf.equal(positions, step)[tf.newaxis, :], tokens[:, tf.newaxis], token_ids
-        )
+        at_step = tf.equal(positions, step)[tf.newaxis, :]
+        token_ids = tf.where(at_step, tokens[:, tf.newaxis], token_ids)
+        if weights:
+            alpha = tf.where(finished[:, tf.newaxis], tf.zeros_like(alpha), alpha)
+            weights = (tf.where(at_step[:, :, tf.newaxis], alpha[:, tf.newaxis, :], weights[0]),)
         finished = tf.logical_or(finished, tf.equal(tokens, features.END_ID))
-        return step + 1, tokens, states, token_ids, finished
+        return (step + 1, tokens, states, token_ids, finished, *weights)
 
     loop_vars = (
         tf.constant(0, tf.int32),
@@ -211,9 +310,14 @@ def greedy_decode(
         tf.zeros([batch_size, max_len], tf.int32),
         tf.zeros([batch_size], tf.bool),
     )
-    _, _, _, token_ids, _ = tf.while_loop(keep_going, body, loop_vars, maximum_iterations=max_len)
+    if with_attention:
+        loop_vars += (tf.zeros([batch_size, max_len, features.NUM_REGIONS], tf.float32),)
+    results = tf.while_loop(keep_going, body, loop_vars, maximum_iterations=max_len)
+    token_ids = results[3]
     # Generated words are exactly the ids past the reserved ones.
     length = tf.reduce_sum(tf.cast(token_ids >= NUM_RESERVED, tf.int32), axis=1)
+    if with_attention:
+        return token_ids, length, results[5]
     return token_ids, length
 
 
@@ -249,6 +353,7 @@ def beam_search(
     max_len: int,
     beam_width: int,
     length_alpha: float,
+    normalized_regions: Optional[tf.Tensor] = None,
 ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Batched beam search inside the graph: `beam_width` hypotheses per image.
 
@@ -289,6 +394,9 @@ def beam_search(
       max_len: the most tokens to emit per caption, ``<end>`` included.
       beam_width: hypotheses kept per image, from 1 to `max_beam_width`.
       length_alpha: GNMT's alpha, >= 0 (0: rank by raw log-probability).
+      normalized_regions: the attention decoder's regions (see
+        `greedy_decode`); every hypothesis of an image attends over its
+        image's regions.
 
     Returns:
       token_ids int32 [batch, max_len] (words, ``<end>``, then ``<pad>``, as
@@ -310,6 +418,18 @@ def beam_search(
     width = int(beam_width)
     batch_size = tf.shape(normalized_features)[0]
     hypotheses = batch_size * width
+
+    def per_hypothesis(tensor: tf.Tensor) -> tf.Tensor:
+        """[batch, a, b] -> [batch * width, a, b]: row i * width + k is image i's."""
+        _, a, b = tensor.shape
+        tiled = tf.tile(tensor[:, tf.newaxis, :, :], [1, width, 1, 1])
+        return tf.reshape(tiled, [hypotheses, a, b])
+
+    # A hypothesis never moves to another image (its source beam is one of
+    # the same image's), so the memory is tiled once and never gathered.
+    attention_memory = memory(layers, normalized_regions)
+    if attention_memory is not None:
+        attention_memory = tuple(per_hypothesis(tensor) for tensor in attention_memory)
     positions = tf.range(max_len, dtype=tf.int32)
     penalties = tf.constant(length_penalties(max_len, length_alpha))
     # Log-probability offsets of a live hypothesis (forbidden tokens out) and
@@ -326,7 +446,7 @@ def beam_search(
         return tf.logical_and(step < max_len, tf.logical_not(tf.reduce_all(finished)))
 
     def body(step, tokens, states, token_ids, scores, lengths, finished):
-        logits, states = decode_step(layers, tokens, states)
+        logits, states = decode_step(layers, tokens, states, attention_memory)
         log_probs = tf.nn.log_softmax(logits, axis=-1)
         log_probs = tf.where(
             finished[:, tf.newaxis], finished_offset[tf.newaxis, :], log_probs + live_offset

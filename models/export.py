@@ -32,6 +32,15 @@ Signatures (names in `models.features`):
   (Transform's output, one caption per row) -> `LOSS_OUTPUT` float32[None]
   (masked cross-entropy summed per caption) and `TOKENS_OUTPUT` int32[None].
 
+An attention model (`features.DECODER_ATTENTION`) also reads the 64 region
+features: its encoder returns InceptionV3's last map beside the pooled
+vector, Transform's per-channel z-score of the regions is applied as
+constants the same way, the features signatures and the loss signature take
+the regions as a second input (`IMAGE_REGIONS_INPUT`, or
+`NORMALIZED_REGIONS_KEY` for the loss), and one more signature,
+`ATTENTION_SIGNATURE`, returns each generated word's attention weights over
+the 8 x 8 grid (`serving_default` is unchanged).
+
 Why constants rather than Transform's Keras layer: the z-score is the only
 transformation serving needs, and as two constant vectors it needs no
 TFT ops, no dummy caption inputs and no lookup tables, so the same graph
@@ -40,7 +49,7 @@ also converts to TFLite builtins.
 
 import json
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -50,6 +59,55 @@ import tf_keras as keras
 from tfx_captioning.models import decoder, features, image_preprocessing
 from tfx_captioning.models import encoder as encoder_lib
 from tfx_captioning.models.hparams import HParams
+
+
+def _probe(tft_output: tft.TFTransformOutput) -> Dict[str, np.ndarray]:
+    """Transform's outputs, float64, for two raw images whose every value is 0 and 1.
+
+    Every raw input Transform's graph reads (the features, and the regions
+    when the extractor kept them) is fed; other raw features are missing on
+    purpose: TFT feeds placeholders for them. 0 and 1 are exact in float16,
+    the regions' stored type.
+    """
+    raw_spec = tft_output.raw_feature_spec()
+    inputs = {
+        features.IMAGE_FEATURES_KEY: _dense_or_sparse(
+            raw_spec[features.IMAGE_FEATURES_KEY],
+            np.stack([np.zeros(features.FEATURE_SIZE), np.ones(features.FEATURE_SIZE)]).tolist(),
+        )
+    }
+    if features.IMAGE_REGIONS_KEY in raw_spec:
+        region_dtype = np.dtype(features.REGION_DTYPE).newbyteorder('<')
+        shape = (features.NUM_REGIONS, features.FEATURE_SIZE)
+        probe = [[np.full(shape, value, region_dtype).tobytes()] for value in (0.0, 1.0)]
+        inputs[features.IMAGE_REGIONS_KEY] = _dense_or_sparse(
+            raw_spec[features.IMAGE_REGIONS_KEY], probe
+        )
+    transformed = tft_output.transform_raw_features(inputs)
+    return {
+        key: np.asarray(value, np.float64)
+        for key, value in transformed.items()
+        if key in (features.NORMALIZED_FEATURES_KEY, features.NORMALIZED_REGIONS_KEY)
+    }
+
+
+def _dense_or_sparse(raw_spec: Any, values: Any) -> Any:
+    """[2, n] values as `raw_spec` wants them: dense, or sparse with every value present.
+
+    (tf.sparse.from_dense would drop the zeros.) Byte strings stay Python
+    lists: NumPy's fixed-width bytes would strip the trailing NUL bytes of
+    float16 zeros.
+    """
+    rows, cols = len(values), len(values[0])
+    dense = tf.constant(values, dtype=tf.string if isinstance(values[0][0], bytes) else tf.float32)
+    if isinstance(raw_spec, tf.io.FixedLenFeature):
+        return dense if raw_spec.shape else dense[:, 0]
+    index_rows, index_cols = np.meshgrid(np.arange(rows), np.arange(cols), indexing='ij')
+    return tf.SparseTensor(
+        indices=np.stack([index_rows.ravel(), index_cols.ravel()], axis=1).astype(np.int64),
+        values=tf.reshape(dense, [-1]),
+        dense_shape=[rows, cols],
+    )
 
 
 def feature_normalization(tft_output: tft.TFTransformOutput) -> Tuple[np.ndarray, np.ndarray]:
@@ -65,23 +123,23 @@ def feature_normalization(tft_output: tft.TFTransformOutput) -> Tuple[np.ndarray
     Returns:
       float32 arrays ``scale`` and ``offset`` of shape [FEATURE_SIZE].
     """
-    probe = np.stack(
-        [np.zeros(features.FEATURE_SIZE, np.float32), np.ones(features.FEATURE_SIZE, np.float32)]
-    )
-    raw_spec = tft_output.raw_feature_spec()[features.IMAGE_FEATURES_KEY]
-    if isinstance(raw_spec, tf.io.FixedLenFeature):
-        raw = tf.constant(probe)
-    else:
-        # A VarLenFeature: every value present (tf.sparse.from_dense would drop the zeros).
-        rows, cols = np.meshgrid(np.arange(2), np.arange(features.FEATURE_SIZE), indexing='ij')
-        raw = tf.SparseTensor(
-            indices=np.stack([rows.ravel(), cols.ravel()], axis=1).astype(np.int64),
-            values=probe.ravel(),
-            dense_shape=[2, features.FEATURE_SIZE],
-        )
-    # Other raw features are missing on purpose: TFT feeds placeholders for them.
-    transformed = tft_output.transform_raw_features({features.IMAGE_FEATURES_KEY: raw})
-    at_zero, at_one = np.asarray(transformed[features.NORMALIZED_FEATURES_KEY], np.float64)
+    at_zero, at_one = _probe(tft_output)[features.NORMALIZED_FEATURES_KEY]
+    return (at_one - at_zero).astype(np.float32), at_zero.astype(np.float32)
+
+
+def region_normalization(
+    tft_output: tft.TFTransformOutput,
+) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """Transform's per-channel z-score of the region features as ``(scale, offset)``, or None.
+
+    As `feature_normalization` (every region of a channel shares one mean
+    and variance), float32 arrays of shape [FEATURE_SIZE]; None when
+    Transform wrote no regions.
+    """
+    if features.NORMALIZED_REGIONS_KEY not in tft_output.transformed_feature_spec():
+        return None
+    values = _probe(tft_output)[features.NORMALIZED_REGIONS_KEY]
+    at_zero, at_one = values.reshape(2, features.NUM_REGIONS, features.FEATURE_SIZE)[:, 0, :]
     return (at_one - at_zero).astype(np.float32), at_zero.astype(np.float32)
 
 
@@ -125,6 +183,8 @@ class CaptionModel:
         max_len: int,
         beam_width: int = HParams.beam_width,
         beam_length_alpha: float = HParams.beam_length_alpha,
+        region_scale: Optional[np.ndarray] = None,
+        region_offset: Optional[np.ndarray] = None,
     ):
         """Args:
         encoder: float32 [N, 299, 299, 3] in [-1, 1] -> float32 [N, FEATURE_SIZE].
@@ -135,10 +195,14 @@ class CaptionModel:
         max_len: the most tokens to emit per caption, ``<end>`` included.
         beam_width: hypotheses per image of the beam search (1 = greedy).
         beam_length_alpha: GNMT's length-normalisation alpha (0 = raw log-probability).
+        region_scale: float32 [FEATURE_SIZE], from `region_normalization`
+          (attention decoder only).
+        region_offset: float32 [FEATURE_SIZE], likewise.
 
         Raises:
           ValueError: the vocabulary does not match the decoder, max_len < 1,
-            or beam settings out of range.
+            beam settings out of range, or an attention decoder without the
+            region normalisation (or one given to a decoder without attention).
         """
         self.words = read_vocabulary(vocabulary_file)
         self.decoder_layers = decoder.DecoderLayers.from_model(decoder_model)
@@ -157,7 +221,15 @@ class CaptionModel:
             )
         if not beam_length_alpha >= 0:
             raise ValueError(f'beam_length_alpha must be >= 0, got {beam_length_alpha}.')
+        self.attention = self.decoder_layers.attention is not None
+        if self.attention != (region_scale is not None and region_offset is not None):
+            raise ValueError(
+                'An attention decoder needs region_scale and region_offset (Transform wrote '
+                'no region features?); a decoder without attention takes neither.'
+            )
         self.encoder = encoder
+        # The same layers with InceptionV3's last map as a second output.
+        self._regions_encoder = encoder_lib.regions_model(encoder) if self.attention else None
         self.decoder_model = decoder_model
         self.vocabulary_file = vocabulary_file
         self.max_len = int(max_len)
@@ -166,6 +238,9 @@ class CaptionModel:
         self._vocabulary = tf.constant(self.words)
         self._scale = tf.constant(np.asarray(feature_scale, np.float32))
         self._offset = tf.constant(np.asarray(feature_offset, np.float32))
+        if self.attention:
+            self._region_scale = tf.constant(np.asarray(region_scale, np.float32))
+            self._region_offset = tf.constant(np.asarray(region_offset, np.float32))
 
     @property
     def variables(self) -> List[tf.Variable]:
@@ -176,40 +251,75 @@ class CaptionModel:
         """Raw extractor features -> the z-scored features the decoder was trained on."""
         return image_features * self._scale + self._offset
 
-    def decode(self, normalized_features: tf.Tensor) -> Dict[str, tf.Tensor]:
-        """Normalised features [N, FEATURE_SIZE] -> the signature outputs."""
-        token_ids, length = decoder.greedy_decode(
-            self.decoder_layers, normalized_features, self.max_len
-        )
+    def normalize_regions(self, image_regions: Optional[tf.Tensor]) -> Optional[tf.Tensor]:
+        """Raw regions [N, NUM_REGIONS, FEATURE_SIZE] -> z-scored per channel (None stays None)."""
+        if image_regions is None:
+            return None
+        return image_regions * self._region_scale + self._region_offset
+
+    def encode(self, images: tf.Tensor) -> Tuple[tf.Tensor, Optional[tf.Tensor]]:
+        """Preprocessed images -> raw (features, regions); regions only with attention."""
+        if self.attention:
+            image_features, regions = self._regions_encoder(images, training=False)
+            return image_features, regions
+        return self.encoder(images, training=False), None
+
+    def _outputs(self, token_ids: tf.Tensor, length: tf.Tensor) -> Dict[str, tf.Tensor]:
         return {
             features.CAPTION_OUTPUT: decoder.ids_to_captions(token_ids, length, self._vocabulary),
             features.TOKEN_IDS_OUTPUT: token_ids,
             features.LENGTH_OUTPUT: length,
         }
 
-    def decode_beam(self, normalized_features: tf.Tensor) -> Dict[str, tf.Tensor]:
-        """Normalised features [N, FEATURE_SIZE] -> the beam signatures' outputs."""
+    def decode(
+        self, normalized_features: tf.Tensor, normalized_regions: Optional[tf.Tensor] = None
+    ) -> Dict[str, tf.Tensor]:
+        """Normalised features [N, FEATURE_SIZE] (and regions) -> the signature outputs."""
+        token_ids, length = decoder.greedy_decode(
+            self.decoder_layers, normalized_features, self.max_len, normalized_regions
+        )
+        return self._outputs(token_ids, length)
+
+    def decode_attention(
+        self, normalized_features: tf.Tensor, normalized_regions: tf.Tensor
+    ) -> Dict[str, tf.Tensor]:
+        """As `decode`, plus `ATTENTION_OUTPUT` [N, max_len, NUM_REGIONS] (attention only)."""
+        token_ids, length, weights = decoder.greedy_decode(
+            self.decoder_layers,
+            normalized_features,
+            self.max_len,
+            normalized_regions,
+            with_attention=True,
+        )
+        return {**self._outputs(token_ids, length), features.ATTENTION_OUTPUT: weights}
+
+    def decode_beam(
+        self, normalized_features: tf.Tensor, normalized_regions: Optional[tf.Tensor] = None
+    ) -> Dict[str, tf.Tensor]:
+        """Normalised features [N, FEATURE_SIZE] (and regions) -> the beam signatures' outputs."""
         token_ids, length, log_prob = decoder.beam_search(
             self.decoder_layers,
             normalized_features,
             self.max_len,
             self.beam_width,
             self.beam_length_alpha,
+            normalized_regions,
         )
-        return {
-            features.CAPTION_OUTPUT: decoder.ids_to_captions(token_ids, length, self._vocabulary),
-            features.TOKEN_IDS_OUTPUT: token_ids,
-            features.LENGTH_OUTPUT: length,
-            features.LOG_PROB_OUTPUT: log_prob,
-        }
+        return {**self._outputs(token_ids, length), features.LOG_PROB_OUTPUT: log_prob}
 
-    def caption_from_features(self, image_features: tf.Tensor) -> Dict[str, tf.Tensor]:
+    def caption_from_features(
+        self, image_features: tf.Tensor, image_regions: Optional[tf.Tensor] = None
+    ) -> Dict[str, tf.Tensor]:
         """Raw float32 [N, FEATURE_SIZE] features (as the extractor writes them) -> outputs."""
-        return self.decode(self.normalize(image_features))
+        return self.decode(self.normalize(image_features), self.normalize_regions(image_regions))
 
-    def caption_beam_from_features(self, image_features: tf.Tensor) -> Dict[str, tf.Tensor]:
-        """Raw float32 [N, FEATURE_SIZE] features -> the beam search's outputs."""
-        return self.decode_beam(self.normalize(image_features))
+    def caption_beam_from_features(
+        self, image_features: tf.Tensor, image_regions: Optional[tf.Tensor] = None
+    ) -> Dict[str, tf.Tensor]:
+        """Raw float32 [N, FEATURE_SIZE] features (and regions) -> the beam search's outputs."""
+        return self.decode_beam(
+            self.normalize(image_features), self.normalize_regions(image_regions)
+        )
 
     def decoding_metadata(
         self,
@@ -221,15 +331,32 @@ class CaptionModel:
             features.BEAM_SIGNATURE,
             features.BEAM_FEATURES_SIGNATURE,
         ),
+        attention_signatures: Sequence[str] = (features.ATTENTION_SIGNATURE,),
     ) -> Dict[str, Any]:
         """The decoding settings fixed in the exported graphs, for `features.DECODING_FILE`.
 
         Args:
           greedy_signatures: the signatures that decode greedily.
           beam_signatures: the signatures that decode by beam search.
+          attention_signatures: the signatures that return attention
+            weights (attention model only).
         """
         return {
             'max_len': self.max_len,
+            'decoder': features.DECODER_ATTENTION
+            if self.attention
+            else features.DECODER_INIT_INJECT,
+            **(
+                {
+                    'attention': {
+                        'signatures': list(attention_signatures),
+                        'grid': [features.REGION_GRID, features.REGION_GRID],
+                        'regions': 'row-major over the grid of the 299 x 299 input',
+                    }
+                }
+                if self.attention
+                else {}
+            ),
             'greedy': {'signatures': list(greedy_signatures)},
             'beam_search': {
                 'signatures': list(beam_signatures),
@@ -243,38 +370,50 @@ class CaptionModel:
         }
 
     def caption_loss(
-        self, normalized_features: tf.Tensor, caption_ids: tf.Tensor
+        self,
+        normalized_features: tf.Tensor,
+        caption_ids: tf.Tensor,
+        normalized_regions: Optional[tf.Tensor] = None,
     ) -> Dict[str, tf.Tensor]:
         """Teacher-forced loss of given captions, for the evaluator.
 
         Args:
           normalized_features: float32 [N, FEATURE_SIZE], as Transform wrote them.
           caption_ids: int64 [N, max_len + 1], one caption per row, as Transform wrote them.
+          normalized_regions: float32 [N, NUM_REGIONS * FEATURE_SIZE], as
+            Transform wrote them (attention only).
 
         Returns:
           `features.LOSS_OUTPUT` float32 [N] (nats summed over each caption's
           real target tokens) and `features.TOKENS_OUTPUT` int32 [N].
         """
         caption_ids = tf.cast(caption_ids, tf.int32)
-        logits = self.decoder_model(
-            {
-                features.NORMALIZED_FEATURES_KEY: normalized_features,
-                features.DECODER_INPUT_KEY: caption_ids[:, :-1],
-            },
-            training=False,
-        )
+        inputs = {
+            features.NORMALIZED_FEATURES_KEY: normalized_features,
+            features.DECODER_INPUT_KEY: caption_ids[:, :-1],
+        }
+        if normalized_regions is not None:
+            inputs[features.NORMALIZED_REGIONS_KEY] = normalized_regions
+        logits = self.decoder_model(inputs, training=False)
         loss_sum, token_count = decoder.masked_cross_entropy(caption_ids[:, 1:], logits)
         return {features.LOSS_OUTPUT: loss_sum, features.TOKENS_OUTPUT: token_count}
 
     def caption_from_images(self, image_bytes: tf.Tensor) -> Dict[str, tf.Tensor]:
         """Encoded images string [N] (JPEG, PNG, GIF, BMP) -> outputs."""
         images = image_preprocessing.preprocess_batch(image_bytes)
-        return self.caption_from_features(self.encoder(images, training=False))
+        return self.caption_from_features(*self.encode(images))
 
     def caption_beam_from_images(self, image_bytes: tf.Tensor) -> Dict[str, tf.Tensor]:
         """Encoded images string [N] -> the beam search's outputs (same decoding path)."""
         images = image_preprocessing.preprocess_batch(image_bytes)
-        return self.caption_beam_from_features(self.encoder(images, training=False))
+        return self.caption_beam_from_features(*self.encode(images))
+
+    def caption_attention_from_images(self, image_bytes: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """Encoded images string [N] -> greedy outputs plus each word's attention weights."""
+        image_features, regions = self.encode(image_preprocessing.preprocess_batch(image_bytes))
+        return self.decode_attention(
+            self.normalize(image_features), self.normalize_regions(regions)
+        )
 
 
 def serving_module(model: CaptionModel) -> tf.Module:
@@ -287,59 +426,60 @@ def serving_module(model: CaptionModel) -> tf.Module:
     Returns:
       A module with ``caption_from_images``, ``caption_from_features``,
       their ``caption_beam_*`` twins and ``caption_loss`` `tf.function`s
-      (see `signatures`).
+      (see `signatures`), and ``caption_attention_from_images`` for an
+      attention model.
     """
     module = tf.Module(name='caption_model')
     # Tracked so that the functions' captured variables are saved with the module.
     module.model_variables = model.variables
     module.vocabulary_file = tf.saved_model.Asset(model.vocabulary_file)
+    image_bytes = [tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES_INPUT)]
+    raw_features = [
+        tf.TensorSpec([None, features.FEATURE_SIZE], tf.float32, name=features.IMAGE_FEATURES_INPUT)
+    ]
+    loss_inputs = [
+        tf.TensorSpec(
+            [None, features.FEATURE_SIZE], tf.float32, name=features.NORMALIZED_FEATURES_KEY
+        ),
+        tf.TensorSpec([None, model.max_len + 1], tf.int64, name=features.CAPTION_IDS_KEY),
+    ]
+    if model.attention:
+        raw_features.append(
+            tf.TensorSpec(
+                [None, features.NUM_REGIONS, features.FEATURE_SIZE],
+                tf.float32,
+                name=features.IMAGE_REGIONS_INPUT,
+            )
+        )
+        loss_inputs.append(
+            tf.TensorSpec(
+                [None, features.NUM_REGIONS * features.FEATURE_SIZE],
+                tf.float32,
+                name=features.NORMALIZED_REGIONS_KEY,
+            )
+        )
+
     # No AutoGraph: the code has no tensor-dependent Python control flow (the
     # loop is an explicit tf.while_loop), and converting InceptionV3's ~300
     # layer calls would add tens of seconds to every export.
-    module.caption_from_features = tf.function(
-        model.caption_from_features,
-        autograph=False,
-        input_signature=[
-            tf.TensorSpec(
-                [None, features.FEATURE_SIZE], tf.float32, name=features.IMAGE_FEATURES_INPUT
-            )
-        ],
-    )
-    module.caption_from_images = tf.function(
-        model.caption_from_images,
-        autograph=False,
-        input_signature=[tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES_INPUT)],
-    )
-    module.caption_beam_from_features = tf.function(
-        model.caption_beam_from_features,
-        autograph=False,
-        input_signature=[
-            tf.TensorSpec(
-                [None, features.FEATURE_SIZE], tf.float32, name=features.IMAGE_FEATURES_INPUT
-            )
-        ],
-    )
-    module.caption_beam_from_images = tf.function(
-        model.caption_beam_from_images,
-        autograph=False,
-        input_signature=[tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES_INPUT)],
-    )
-    module.caption_loss = tf.function(
-        model.caption_loss,
-        autograph=False,
-        input_signature=[
-            tf.TensorSpec(
-                [None, features.FEATURE_SIZE], tf.float32, name=features.NORMALIZED_FEATURES_KEY
-            ),
-            tf.TensorSpec([None, model.max_len + 1], tf.int64, name=features.CAPTION_IDS_KEY),
-        ],
-    )
+    def function(method, input_signature):
+        return tf.function(method, autograph=False, input_signature=input_signature)
+
+    module.caption_from_features = function(model.caption_from_features, raw_features)
+    module.caption_from_images = function(model.caption_from_images, image_bytes)
+    module.caption_beam_from_features = function(model.caption_beam_from_features, raw_features)
+    module.caption_beam_from_images = function(model.caption_beam_from_images, image_bytes)
+    module.caption_loss = function(model.caption_loss, loss_inputs)
+    if model.attention:
+        module.caption_attention_from_images = function(
+            model.caption_attention_from_images, image_bytes
+        )
     return module
 
 
 def signatures(module: tf.Module) -> Dict[str, tf.types.experimental.ConcreteFunction]:
     """The serving signatures of a `serving_module`, by name."""
-    return {
+    found = {
         features.SERVING_SIGNATURE: module.caption_from_images.get_concrete_function(),
         features.FEATURES_SIGNATURE: module.caption_from_features.get_concrete_function(),
         features.BEAM_SIGNATURE: module.caption_beam_from_images.get_concrete_function(),
@@ -348,6 +488,11 @@ def signatures(module: tf.Module) -> Dict[str, tf.types.experimental.ConcreteFun
         ),
         features.LOSS_SIGNATURE: module.caption_loss.get_concrete_function(),
     }
+    if hasattr(module, 'caption_attention_from_images'):
+        found[features.ATTENTION_SIGNATURE] = (
+            module.caption_attention_from_images.get_concrete_function()
+        )
+    return found
 
 
 def write_decoding_metadata(metadata: Dict[str, Any], directory: str) -> str:
@@ -361,6 +506,11 @@ def write_decoding_metadata(metadata: Dict[str, Any], directory: str) -> str:
     with tf.io.gfile.GFile(path, 'w') as f:
         f.write(json.dumps(metadata, indent=2, sort_keys=True) + '\n')
     return path
+
+
+def decoder_model_attends(decoder_model: keras.Model) -> bool:
+    """Whether a `decoder.build_decoder` model is the attention decoder."""
+    return decoder.DecoderLayers.from_model(decoder_model).attention is not None
 
 
 def save_caption_model(model: CaptionModel, export_dir: str) -> None:
@@ -399,6 +549,8 @@ def export_serving_model(
       The saved model's computation (for further exports, such as TFLite).
     """
     scale, offset = feature_normalization(tft_output)
+    regions = region_normalization(tft_output) if decoder_model_attends(decoder_model) else None
+    region_scale, region_offset = regions or (None, None)
     model = CaptionModel(
         encoder=encoder_lib.load_encoder(encoder_dir),
         decoder_model=decoder_model,
@@ -408,6 +560,8 @@ def export_serving_model(
         max_len=max_len,
         beam_width=beam_width,
         beam_length_alpha=beam_length_alpha,
+        region_scale=region_scale,
+        region_offset=region_offset,
     )
     save_caption_model(model, export_dir)
     return model

@@ -42,6 +42,14 @@ class HParams:
       beam_width: hypotheses kept per image by the beam search of the
         `caption_beam` signatures (SavedModel and TFLite); 1 gives the greedy
         captions. Show and Tell's im2txt decodes with 3.
+      decoder: 'init_inject' (the seed tutorial's: the pooled image features
+        become the GRUs' initial state, and that is all the decoder sees of
+        the image) or 'attention' (Show, Attend and Tell's soft attention:
+        the same initial state, and at every word the top GRU's state
+        attends over the 8 x 8 InceptionV3 regions; the context vector feeds
+        the next step and the output). 'attention' needs the extractor's
+        region features.
+      attention_units: size of the attention MLP (attention only).
       beam_length_alpha: the alpha of GNMT's length normalisation (Wu et al.
         2016, arXiv:1609.08144, section 7): hypotheses are ranked by
         ``log P(Y) / ((5 + |Y|) / 6) ** alpha``, ``|Y|`` counting ``<end>``.
@@ -64,6 +72,8 @@ class HParams:
     tflite_quantization: str = 'auto'
     beam_width: int = 3
     beam_length_alpha: float = 0.6
+    decoder: str = features.DECODER_INIT_INJECT
+    attention_units: int = 256
 
     def validate(self) -> 'HParams':
         """Checks every field; returns self so calls can chain.
@@ -72,7 +82,15 @@ class HParams:
           ValueError: naming each field that is out of range.
         """
         problems = []
-        for name in ('embedding_dim', 'units', 'num_layers', 'batch_size', 'epochs', 'beam_width'):
+        for name in (
+            'embedding_dim',
+            'units',
+            'num_layers',
+            'batch_size',
+            'epochs',
+            'beam_width',
+            'attention_units',
+        ):
             if getattr(self, name) < 1:
                 problems.append(f'{name} must be >= 1, got {getattr(self, name)}')
         for name in ('patience', 'shuffle_buffer', 'seed'):
@@ -91,6 +109,8 @@ class HParams:
                 f'tflite_quantization must be one of {TFLITE_QUANTIZATIONS}, '
                 f'got {self.tflite_quantization!r}'
             )
+        if self.decoder not in features.DECODERS:
+            problems.append(f'decoder must be one of {features.DECODERS}, got {self.decoder!r}')
         if problems:
             raise ValueError('Invalid hyperparameters: ' + '; '.join(problems) + '.')
         return self
@@ -121,6 +141,11 @@ class HParams:
                 raise ValueError(f'{name} must be an integer, got {value!r}.')
             values[name] = field_type(value)
         return cls(**values).validate()
+
+    @property
+    def attention(self) -> bool:
+        """Whether the decoder attends over region features."""
+        return self.decoder == features.DECODER_ATTENTION
 
     @property
     def tflite_variants(self) -> Tuple[str, ...]:

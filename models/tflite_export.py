@@ -55,9 +55,12 @@ class TFLiteCaptionModule(tf.Module):
     )
     def caption(self, image: tf.Tensor) -> Dict[str, tf.Tensor]:
         model = self.caption_model
-        image_features = model.encoder(image, training=False)
+        image_features, regions = model.encode(image)
         token_ids, _ = decoder.greedy_decode(
-            model.decoder_layers, model.normalize(image_features), model.max_len
+            model.decoder_layers,
+            model.normalize(image_features),
+            model.max_len,
+            model.normalize_regions(regions),
         )
         return {features.TFLITE_TOKEN_IDS_OUTPUT: token_ids}
 
@@ -73,13 +76,14 @@ class TFLiteCaptionModule(tf.Module):
     )
     def caption_beam(self, image: tf.Tensor) -> Dict[str, tf.Tensor]:
         model = self.caption_model
-        image_features = model.encoder(image, training=False)
+        image_features, regions = model.encode(image)
         token_ids, _, log_prob = decoder.beam_search(
             model.decoder_layers,
             model.normalize(image_features),
             model.max_len,
             model.beam_width,
             model.beam_length_alpha,
+            model.normalize_regions(regions),
         )
         return {
             features.TFLITE_TOKEN_IDS_OUTPUT: token_ids,
@@ -99,6 +103,7 @@ def decoding_metadata(caption_model: CaptionModel) -> dict:
     return caption_model.decoding_metadata(
         greedy_signatures=(features.TFLITE_SIGNATURE,),
         beam_signatures=(features.TFLITE_BEAM_SIGNATURE,),
+        attention_signatures=(),
     )
 
 

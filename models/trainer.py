@@ -78,17 +78,24 @@ def _list_files(file_patterns: List[str]) -> List[str]:
 
 
 def _to_pairs(batch: dict) -> Tuple[dict, tf.Tensor]:
-    """Parsed images -> one teacher-forcing pair per caption (image features repeated)."""
+    """Parsed images -> one teacher-forcing pair per caption (image inputs repeated)."""
     captions = batch[features.CAPTION_IDS_KEY]  # ragged [images, (captions), max_len + 1]
-    image_features = tf.repeat(
-        batch[features.NORMALIZED_FEATURES_KEY], captions.row_lengths(), axis=0
-    )
     sequences = tf.cast(captions.values, tf.int32)  # [pairs, max_len + 1]
     inputs = {
-        features.NORMALIZED_FEATURES_KEY: image_features,
-        features.DECODER_INPUT_KEY: sequences[:, :-1],
+        key: tf.repeat(batch[key], captions.row_lengths(), axis=0)
+        for key in IMAGE_INPUTS
+        if key in batch
     }
+    inputs[features.DECODER_INPUT_KEY] = sequences[:, :-1]
     return inputs, sequences[:, 1:]
+
+
+IMAGE_INPUTS = (features.NORMALIZED_FEATURES_KEY, features.NORMALIZED_REGIONS_KEY)
+"""The transformed image features a decoder may read (the regions: attention only)."""
+
+REGION_PAIR_BUFFER_BATCHES = 4
+"""With regions (512 KiB per pair), pairs are shuffled within this many batches only;
+images are shuffled before, in a buffer of ``shuffle_buffer // 5`` images."""
 
 
 def input_fn(
@@ -99,8 +106,15 @@ def input_fn(
     repeat: bool,
     shuffle_buffer: int = 10_000,
     seed: Optional[int] = None,
+    regions: bool = False,
 ) -> tf.data.Dataset:
     """Transformed examples -> batches of (inputs dict, target ids), one pair per caption.
+
+    Memory stays bounded with region features too: a pair-level shuffle
+    buffer of 10,000 pairs would hold 5 GB of regions, so with regions the
+    images are shuffled first (``shuffle_buffer // 5`` of them, about one
+    pair buffer's worth of captions) and the pairs only within
+    `REGION_PAIR_BUFFER_BATCHES` batches.
 
     Args:
       file_patterns: globs of Transform's GZIP TFRecord files.
@@ -110,18 +124,33 @@ def input_fn(
       repeat: repeat forever (when the step count, not the data, ends an epoch).
       shuffle_buffer: pairs held in the shuffle buffer.
       seed: shuffling seed.
+      regions: also read `features.NORMALIZED_REGIONS_KEY` (attention decoder).
 
     Returns:
       A dataset of ``({NORMALIZED_FEATURES_KEY: float32[b, 2048],
-      DECODER_INPUT_KEY: int32[b, max_len]}, int32[b, max_len])``.
+      DECODER_INPUT_KEY: int32[b, max_len]} (and NORMALIZED_REGIONS_KEY
+      float32[b, 64 * 2048] with `regions`), int32[b, max_len])``.
+
+    Raises:
+      ValueError: `regions` asked for, but Transform wrote none.
     """
     files = _list_files(file_patterns)
-    spec = tft_output.transformed_feature_spec()
-    spec = {key: spec[key] for key in (features.NORMALIZED_FEATURES_KEY, features.CAPTION_IDS_KEY)}
+    full_spec = tft_output.transformed_feature_spec()
+    keys = [features.NORMALIZED_FEATURES_KEY, features.CAPTION_IDS_KEY]
+    if regions:
+        if features.NORMALIZED_REGIONS_KEY not in full_spec:
+            raise ValueError(
+                'The attention decoder needs region features, and Transform wrote none: '
+                'run the ImageFeatureExtractor with region_features=True (the default).'
+            )
+        keys.append(features.NORMALIZED_REGIONS_KEY)
+    spec = {key: full_spec[key] for key in keys}
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         dataset = dataset.shuffle(len(files), seed=seed)
     dataset = tf.data.TFRecordDataset(dataset, compression_type='GZIP')
+    if shuffle and regions:
+        dataset = dataset.shuffle(max(1, shuffle_buffer // 5), seed=seed)
     dataset = dataset.batch(_PARSE_BATCH).map(
         lambda records: _to_pairs(tf.io.parse_example(records, spec)),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -129,7 +158,8 @@ def input_fn(
     dataset = dataset.unbatch()
     if shuffle:
         # Pair-level shuffle: the five captions of an image land in different batches.
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        pair_buffer = REGION_PAIR_BUFFER_BATCHES * batch_size if regions else shuffle_buffer
+        dataset = dataset.shuffle(pair_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -264,6 +294,7 @@ def _train_and_export(fn_args) -> None:
         repeat=steps_per_epoch is not None,
         shuffle_buffer=hparams.shuffle_buffer,
         seed=hparams.seed,
+        regions=hparams.attention,
     )
     eval_dataset = input_fn(
         fn_args.eval_files,
@@ -271,6 +302,7 @@ def _train_and_export(fn_args) -> None:
         hparams.batch_size,
         shuffle=False,
         repeat=validation_steps is not None,
+        regions=hparams.attention,
     )
     model = compile_decoder(decoder.build_decoder(hparams, vocab_size), hparams)
     model.summary(print_fn=logging.info)

@@ -93,6 +93,7 @@ def create_pipeline(
     extractor = (extractor or extractor_spec.ExtractorParameters()).validate()
     evaluator = (evaluator or EvaluatorParameters()).validate()
     pusher = pusher.validate()
+    check_compatible(hparams, extractor)
     for name, steps in (('train_steps', train_steps), ('eval_steps', eval_steps)):
         if steps is not None and (
             isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
@@ -184,6 +185,15 @@ def create_pipeline(
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],
     )
+
+
+def check_compatible(hparams: HParams, extractor: extractor_spec.ExtractorParameters) -> None:
+    """Raises ValueError when the decoder needs what the extractor does not keep."""
+    if hparams.attention and not extractor.region_features:
+        raise ValueError(
+            f'decoder={hparams.decoder!r} attends over region features: keep the '
+            "extractor's region_features on (the default; --no-region-features turns it off)."
+        )
 
 
 def _with_code_fingerprint(custom_config: dict, function_path: str) -> dict:

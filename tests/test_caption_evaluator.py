@@ -215,6 +215,16 @@ def test_a_good_first_model_is_blessed_with_every_metric_reported(evaluator_arti
         assert evaluation.get_float_custom_property(f'{split}_CIDEr-D') == pytest.approx(
             result['metrics']['CIDEr-D']
         )
+    # Every image's captions, beside the metrics (the samples are the first of them).
+    with open(os.path.join(evaluation.uri, spec.CAPTIONS_FILE)) as f:
+        captions = json.load(f)
+    for split in (features.EVAL_SPLIT, features.TEST_SPLIT):
+        samples = report['splits'][split]['samples']
+        assert len(captions[split]) == 12
+        assert captions[split][samples[0]['image_id']] == {
+            'greedy': samples[0]['caption'],
+            'beam': samples[0]['beam_caption'],
+        }
     assert _marker(blessing) == [constants.BLESSED_FILE_NAME]
     assert blessing.get_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY) == 1
     assert blessing.get_int_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY) == 11

@@ -29,7 +29,8 @@ from tensorflow_metadata.proto.v0 import statistics_pb2
 from tfx import v1 as tfx
 from tfx.orchestration import pipeline as tfx_pipeline
 
-from tfx_captioning.cli import pipeline_cli, progress, sample_data, summary
+from tests import mlmd_states
+from tfx_captioning.cli import pipeline_cli, sample_data, summary
 from tfx_captioning.components.image_feature_extractor import executor as extractor_executor
 from tfx_captioning.components.image_feature_extractor.spec import ExtractorParameters
 from tfx_captioning.kubeflow import config as kf_config
@@ -56,9 +57,8 @@ def test_the_cli_hands_the_runner_to_the_local_runner(tmp_path, monkeypatch):
     handed = {}
     monkeypatch.setattr(local_runner, 'run', lambda *a, **kw: handed.update(kw))
     # Only the hand-over: no logging or progress set-up for this test process.
-    monkeypatch.setattr(pipeline_cli, 'print_summary', lambda paths: None)
+    monkeypatch.setattr(pipeline_cli, 'print_summary', lambda paths, data_root=None: None)
     monkeypatch.setattr(pipeline_cli.quiet, 'configure', lambda verbose: None)
-    monkeypatch.setattr(progress, 'attach', lambda: None)
     sample_data.generate(str(tmp_path / 'data'), 8)
     argv = ['--output', str(tmp_path / 'out'), 'run', '--data', str(tmp_path / 'data')]
     assert pipeline_cli.main(argv + ['--beam-runner', 'portable']) == 0
@@ -228,7 +228,7 @@ def test_portable_runner_gives_the_direct_runners_features_and_vocabulary(tmp_pa
     pool_log = (service_logs / 'worker-pool.log').read_text()
     # One per Beam step (the local job service runs each job on one worker).
     assert pool_log.count('Starting worker with command') >= 5, pool_log[-3000:]
-    states = summary.execution_states(summary.open_store(portable.metadata_path))
+    states = mlmd_states.execution_states(summary.open_store(portable.metadata_path))
     assert {row['component'] for row in states} >= {
         'Flickr8kExampleGen',
         'ImageFeatureExtractor',
@@ -293,5 +293,5 @@ def test_portable_runner_gives_the_direct_runners_features_and_vocabulary(tmp_pa
 
     # The ports change from run to run but stay out of TFX's cache key.
     _run_beam_steps(data, str(tmp_path / 'portable'), 'portable')
-    again = summary.execution_states(summary.open_store(portable.metadata_path))[len(states) :]
+    again = mlmd_states.execution_states(summary.open_store(portable.metadata_path))[len(states) :]
     assert again and {row['state'] for row in again} == {'CACHED'}, again

@@ -36,7 +36,7 @@ from tfx.utils import path_utils
 from tfx_captioning.components import progress
 from tfx_captioning.components.caption_evaluator import gate, records, spec, tflite_parity
 from tfx_captioning.models import caption_metrics, features
-from tfx_captioning.models.preprocessing import normalize_caption
+from tfx_captioning.models.preprocessing import decode_regions, normalize_caption
 
 REPORT_SPLITS = (features.EVAL_SPLIT, features.TEST_SPLIT)
 SAMPLES_PER_SPLIT = 12
@@ -45,7 +45,33 @@ RAW_FEATURE_SPEC = {
     features.IMAGE_ID_KEY: tf.io.FixedLenFeature([], tf.string),
     features.IMAGE_FEATURES_KEY: tf.io.FixedLenFeature([features.FEATURE_SIZE], tf.float32),
     features.CAPTIONS_KEY: tf.io.VarLenFeature(tf.string),
+    # Empty when the extractor kept no regions; kept as float16 bytes (half of
+    # float32) until an attention model asks for them.
+    features.IMAGE_REGIONS_KEY: tf.io.FixedLenFeature([], tf.string, default_value=''),
 }
+
+
+def input_names(function) -> set:
+    """The input names of a loaded signature function."""
+    return set(function.structured_input_signature[1])
+
+
+def model_inputs(function, batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """A features signature's inputs for a batch of `read_references`: the regions only if it reads them.
+
+    Raises:
+      ValueError: the model attends over regions and the extractor kept none.
+    """
+    inputs = {features.IMAGE_FEATURES_INPUT: batch[features.IMAGE_FEATURES_KEY]}
+    if features.IMAGE_REGIONS_INPUT in input_names(function):
+        region_bytes = batch[features.IMAGE_REGIONS_KEY]
+        if not bool(tf.reduce_all(tf.strings.length(region_bytes) > 0)):
+            raise ValueError(
+                'The model attends over region features, and the extractor kept none: '
+                'run the ImageFeatureExtractor with region_features=True.'
+            )
+        inputs[features.IMAGE_REGIONS_INPUT] = decode_regions(region_bytes)
+    return inputs
 
 
 def split_references(captions: tf.SparseTensor) -> List[List[str]]:
@@ -58,13 +84,19 @@ def split_references(captions: tf.SparseTensor) -> List[List[str]]:
 
 def read_references(
     examples: types.Artifact, split: str, batch_size: int
-) -> Tuple[List[str], List[List[str]], List[tf.Tensor]]:
-    """(image ids, reference captions, feature batches) of one split, in file order."""
+) -> Tuple[List[str], List[List[str]], List[Dict[str, tf.Tensor]]]:
+    """(image ids, reference captions, feature batches) of one split, in file order.
+
+    A feature batch holds `IMAGE_FEATURES_KEY` and `IMAGE_REGIONS_KEY` (the
+    stored bytes, decoded by `model_inputs` for a model that reads them).
+    """
     ids, references, feature_batches = [], [], []
     for batch in records.read_examples(examples, split, RAW_FEATURE_SPEC, batch_size):
         ids += [i.decode('utf-8') for i in batch[features.IMAGE_ID_KEY].numpy()]
         references += split_references(batch[features.CAPTIONS_KEY])
-        feature_batches.append(batch[features.IMAGE_FEATURES_KEY])
+        feature_batches.append(
+            {key: batch[key] for key in (features.IMAGE_FEATURES_KEY, features.IMAGE_REGIONS_KEY)}
+        )
     if len(set(ids)) != len(ids):
         raise ValueError(f'Split {split!r} of {examples.uri} repeats an image id.')
     return ids, references, feature_batches
@@ -72,18 +104,20 @@ def read_references(
 
 def generate_captions(
     signatures,
-    feature_batches: List[tf.Tensor],
+    feature_batches: List[Dict[str, tf.Tensor]],
     signature: str = features.FEATURES_SIGNATURE,
     label: str = 'CaptionEvaluator captions',
 ) -> List[str]:
     """The model's captions for batches of raw image features (greedy unless `signature` says)."""
     caption_fn = signatures[signature]
     captions = []
-    reporter = progress.ProgressReporter(label, sum(len(b) for b in feature_batches))
-    for image_features in feature_batches:
-        out = caption_fn(**{features.IMAGE_FEATURES_INPUT: image_features})
+    reporter = progress.ProgressReporter(
+        label, sum(len(b[features.IMAGE_FEATURES_KEY]) for b in feature_batches)
+    )
+    for batch in feature_batches:
+        out = caption_fn(**model_inputs(caption_fn, batch))
         captions += [c.decode('utf-8') for c in out[features.CAPTION_OUTPUT].numpy()]
-        reporter.update(len(image_features))
+        reporter.update(len(batch[features.IMAGE_FEATURES_KEY]))
     reporter.finish()
     return captions
 
@@ -97,22 +131,22 @@ def split_loss(
 ) -> float:
     """Masked mean cross-entropy per real token over every caption of the split."""
     loss_fn = signatures[features.LOSS_SIGNATURE]
+    image_keys = [
+        key
+        for key in (features.NORMALIZED_FEATURES_KEY, features.NORMALIZED_REGIONS_KEY)
+        if key in input_names(loss_fn)
+    ]
+    feature_spec = {key: feature_spec[key] for key in image_keys + [features.CAPTION_IDS_KEY]}
     total, tokens = 0.0, 0
     for batch in records.read_examples(transformed, split, feature_spec, batch_size):
         ids = batch[features.CAPTION_IDS_KEY]
+        inputs = {key: batch[key] for key in image_keys}
         if isinstance(ids, tf.RaggedTensor):
-            # [images, (captions), len] -> one row per caption, each image's features repeated.
+            # [images, (captions), len] -> one row per caption, each image's inputs repeated.
             rows = ids.row_lengths()
-            image_features = tf.repeat(batch[features.NORMALIZED_FEATURES_KEY], rows, axis=0)
+            inputs = {key: tf.repeat(value, rows, axis=0) for key, value in inputs.items()}
             ids = ids.values
-        else:
-            image_features = batch[features.NORMALIZED_FEATURES_KEY]
-        out = loss_fn(
-            **{
-                features.NORMALIZED_FEATURES_KEY: image_features,
-                features.CAPTION_IDS_KEY: tf.cast(ids, tf.int64),
-            }
-        )
+        out = loss_fn(**inputs, **{features.CAPTION_IDS_KEY: tf.cast(ids, tf.int64)})
         total += float(tf.reduce_sum(out[features.LOSS_OUTPUT]))
         tokens += int(tf.reduce_sum(out[features.TOKENS_OUTPUT]))
     if tokens == 0:
@@ -182,12 +216,14 @@ class Executor(base_executor.BaseExecutor):
                 for split, d in data.items()
             }
             results = evaluate(model)
+            captions = results.pop('captions')
             baseline_results = None
             if baseline is not None:
                 logging.info(
                     'Evaluating the latest blessed model %s as the baseline.', baseline.uri
                 )
                 baseline_results = evaluate(baseline)
+                baseline_results.pop('captions')
         for split, metrics in constant.items():
             results['splits'][split]['most_frequent_caption'] = metrics
         decoding = parameters.gate.decoding
@@ -229,7 +265,7 @@ class Executor(base_executor.BaseExecutor):
         }
         evaluation = artifact_utils.get_single_instance(output_dict[spec.EVALUATION_KEY])
         blessing = artifact_utils.get_single_instance(output_dict[spec.BLESSING_KEY])
-        write_outputs(evaluation, blessing, report, model, baseline)
+        write_outputs(evaluation, blessing, report, model, baseline, captions)
 
 
 def evaluate_model(
@@ -244,11 +280,12 @@ def evaluate_model(
 
     Per split: `metrics` (greedy decoding, plus the loss and the image count)
     and, when the model has the beam-search signature, `beam` (the same metrics
-    for its beam-search captions).
+    for its beam-search captions); under `captions`, every image's captions
+    (greedy, and beam when there is one), per split.
     """
     loaded = tf.saved_model.load(path_utils.serving_model_path(model.uri))
     has_beam = features.BEAM_FEATURES_SIGNATURE in loaded.signatures
-    out: Dict[str, Any] = {'splits': {}}
+    out: Dict[str, Any] = {'splits': {}, 'captions': {}}
     for split, split_data in data.items():
         greedy = dict(
             zip(
@@ -287,6 +324,10 @@ def evaluate_model(
                 for image_id in split_data.ids[:SAMPLES_PER_SPLIT]
             ],
         }
+        out['captions'][split] = {
+            image_id: {'greedy': greedy[image_id], **({'beam': beam[image_id]} if beam else {})}
+            for image_id in split_data.ids
+        }
         logging.info('Split %s: %s', split, {k: round(v, 4) for k, v in metrics.items()})
     return out
 
@@ -309,11 +350,15 @@ def write_outputs(
     report: Dict[str, Any],
     model: types.Artifact,
     baseline: Optional[types.Artifact],
+    captions: Optional[Dict[str, Dict[str, Dict[str, str]]]] = None,
 ) -> None:
-    """Writes metrics.json, the BLESSED/NOT_BLESSED marker and the standard properties."""
+    """Writes metrics.json, captions.json, the BLESSED/NOT_BLESSED marker and the properties."""
     tf.io.gfile.makedirs(evaluation.uri)
     with tf.io.gfile.GFile(os.path.join(evaluation.uri, spec.METRICS_FILE), 'w') as f:
         json.dump(report, f, indent=2, sort_keys=True)
+    if captions is not None:
+        with tf.io.gfile.GFile(os.path.join(evaluation.uri, spec.CAPTIONS_FILE), 'w') as f:
+            json.dump(captions, f, indent=1, sort_keys=True)
     for split in REPORT_SPLITS:
         for name, value in report['splits'][split]['metrics'].items():
             evaluation.set_float_custom_property(f'{split}_{name}', float(value))

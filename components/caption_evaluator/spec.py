@@ -27,6 +27,8 @@ TFLITE_SAMPLE_SIZE_KEY = 'tflite_sample_size'
 BATCH_SIZE_KEY = 'batch_size'
 
 METRICS_FILE = 'metrics.json'
+CAPTIONS_FILE = 'captions.json'
+"""Every caption of the evaluated model: ``{split: {image_id: {'greedy': .., 'beam': ..}}}``."""
 
 
 @dataclasses.dataclass(frozen=True)
