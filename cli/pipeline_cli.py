@@ -20,7 +20,8 @@ import traceback
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from tfx_captioning.cli import quiet, score
-from tfx_captioning.models import image_files
+from tfx_captioning.models import features, image_files
+from tfx_captioning.models.hparams import HParams
 from tfx_captioning.pipeline import configs
 
 CAPTION_BATCH_SIZE = 16
@@ -91,6 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="the feature extractor's InceptionV3 compute precision: 'auto' is bfloat16 where "
         'the CPU has AVX512-BF16 or AMX, float32 elsewhere; features are stored as float32 '
         'and the served model stays float32 (default: %(default)s)',
+    )
+    run.add_argument(
+        '--decoder',
+        choices=features.DECODERS,
+        help="the caption decoder: 'attention' (Show, Attend and Tell over the 8x8 InceptionV3 "
+        "regions) or 'init_inject' (the seed tutorial's; the pooled features start the GRUs); "
+        f'default: {HParams().decoder} (the sample: '
+        f'{configs.SAMPLE_HPARAMS.get("decoder", HParams().decoder)}); same as --hparam decoder=...',
+    )
+    run.add_argument(
+        '--no-region-features',
+        dest='region_features',
+        action='store_false',
+        help="don't keep InceptionV3's 8x8 region features (256 KiB per image), which only "
+        'the attention decoder reads; switching decoders later then re-runs the extractor',
     )
     run.add_argument('--train-steps', type=_positive_int, help='total training steps')
     run.add_argument(
@@ -166,7 +182,10 @@ def _prepare_sample(paths: configs.LocalPaths, num_images: int) -> str:
     marker = os.path.join(
         paths.sample_data, f'.generated-{num_images}-{configs.DEFAULT_SAMPLE_SEED}'
     )
-    if not os.path.exists(marker):
+    truth = os.path.join(paths.sample_data, sample_data.ATTRIBUTES_FILE)
+    # A sample generated before the truth file existed is regenerated: the same
+    # seed rewrites identical images, so cached components stay valid.
+    if not (os.path.exists(marker) and os.path.exists(truth)):
         print(f'Generating {num_images} sample images in {paths.sample_data} ...')
         sample_data.generate(paths.sample_data, num_images, configs.DEFAULT_SAMPLE_SEED)
         open(marker, 'w').close()
@@ -184,11 +203,13 @@ def pipeline_args(args: argparse.Namespace) -> Dict[str, Any]:
     from tfx_captioning.components.caption_evaluator import gate as gate_lib
     from tfx_captioning.components.caption_evaluator.spec import EvaluatorParameters
     from tfx_captioning.components.image_feature_extractor.spec import ExtractorParameters
-    from tfx_captioning.models.hparams import HParams
+    from tfx_captioning.pipeline.pipeline import check_compatible
 
     sample = not args.data
     hparams = dict(configs.SAMPLE_HPARAMS) if sample else {}
     hparams.update(dict(args.hparam))
+    if args.decoder:
+        hparams['decoder'] = args.decoder
     gate = dict(args.gate)
     min_metrics = dict(gate.pop('min_metrics', None) or {})
     min_metrics.update({name: float(value) for name, value in args.min_metric})
@@ -196,13 +217,16 @@ def pipeline_args(args: argparse.Namespace) -> Dict[str, Any]:
         min_metrics['BLEU-4'] = args.min_bleu_4
     if args.max_loss is not None:
         gate['max_loss'] = args.max_loss
+    parsed_hparams = HParams.from_custom_config(hparams)
+    extractor = ExtractorParameters(
+        weights=args.encoder_weights or (configs.SAMPLE_ENCODER_WEIGHTS if sample else 'imagenet'),
+        encoder_precision=args.encoder_precision,
+        region_features=args.region_features,
+    ).validate()
+    check_compatible(parsed_hparams, extractor)
     return {
-        'hparams': HParams.from_custom_config(hparams),
-        'extractor': ExtractorParameters(
-            weights=args.encoder_weights
-            or (configs.SAMPLE_ENCODER_WEIGHTS if sample else 'imagenet'),
-            encoder_precision=args.encoder_precision,
-        ).validate(),
+        'hparams': parsed_hparams,
+        'extractor': extractor,
         'evaluator': EvaluatorParameters(
             gate=gate_lib.GateConfig.from_dict({**gate, 'min_metrics': min_metrics})
         ).validate(),
@@ -266,7 +290,7 @@ def _run(args: argparse.Namespace, paths: configs.LocalPaths, tracker) -> int:
             print('(--verbose shows the traceback)', file=sys.stderr)
         return 1
     print(f'Pipeline finished in {time.monotonic() - start:.1f} s')
-    print_summary(paths)
+    print_summary(paths, data_root=data)
     return 0
 
 
@@ -296,9 +320,14 @@ def _stopped(tracker, paths: configs.LocalPaths, signal_name: str) -> None:
     )
 
 
-def print_summary(paths: configs.LocalPaths) -> None:
-    """Prints what the latest run produced: data, validation, metrics, decision, models."""
-    from tfx_captioning.cli import summary
+def print_summary(paths: configs.LocalPaths, data_root: Optional[str] = None) -> None:
+    """Prints what the latest run produced: data, validation, metrics, decision, models.
+
+    On the generated sample data it also prints how often the test captions
+    name each true attribute; `data_root` is the run's data directory, by
+    default the ExampleGen's `input_base` from ML Metadata.
+    """
+    from tfx_captioning.cli import attributes, summary
 
     store = summary.open_store(paths.metadata_path)
     report = summary.ingestion_report(store)
@@ -318,6 +347,13 @@ def print_summary(paths: configs.LocalPaths) -> None:
     metrics = summary.evaluation_metrics(store)
     if metrics:
         print('\n' + summary.format_metrics_table(metrics))
+    try:
+        accuracy = summary.known_truth_accuracy(store, data_root)
+    except ValueError as error:  # a bad truth file must not hide the rest of the summary
+        print(f'\nAttribute check skipped: {error}')
+    else:
+        if accuracy:
+            print('\n' + attributes.format_attribute_table(accuracy))
     decision = summary.latest_decision(store)
     pushed = summary.latest_pushed(store)
     if metrics:
@@ -344,7 +380,7 @@ def print_summary(paths: configs.LocalPaths) -> None:
     try:
         from tfx_captioning.cli import report as report_lib
 
-        built = report_lib.build_report(paths)
+        built = report_lib.build_report(paths, data_root=data_root)
         print(f'\nReport: {built["html"]} (contact sheet {built["contact_sheet"]})')
     except FileNotFoundError:
         pass

@@ -5,21 +5,26 @@ evaluator's metrics.json (coco-caption metrics, loss, sample captions with their
 references, the most-frequent-caption baseline, the blessing decision, each
 TFLite variant's size, latency and agreement),
 the Trainer's TensorBoard logs (loss curves), the pushed SavedModel and TFLite
-file (sizes) and the ExampleGen's test images. The HTML is self-contained
-(images inlined), so it can be mailed or attached to a review.
+file (sizes) and the ExampleGen's test images; on the generated sample data,
+also how often the test captions name each true attribute (evaluator's
+captions.json against the data's truth file, `cli/attributes.py`); for an
+attention model, where it looked for each word of a few test captions (its
+`ATTENTION_SIGNATURE`, drawn by `cli/attention_maps.py`). The HTML is
+self-contained (images inlined), so it can be mailed or attached to a review.
 """
 
-import base64
 import html
 import io
 import json
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
+from tensorflow.core.protobuf import saved_model_pb2
+from tfx.utils import path_utils
 
-from tfx_captioning.cli import summary
+from tfx_captioning.cli import attention_maps, summary
 from tfx_captioning.components.caption_evaluator import spec as evaluator_spec
 from tfx_captioning.models import features
 
@@ -129,13 +134,50 @@ def _svg_curves(curves: Dict[str, List[Tuple[int, float]]]) -> str:
 
 
 def _b64_png(image: Image.Image) -> str:
-    out = io.BytesIO()
-    image.save(out, format='PNG')
-    return base64.b64encode(out.getvalue()).decode('ascii')
+    return attention_maps.png_base64(image)
 
 
 def _milliseconds(value: Optional[float]) -> str:
     return '—' if value is None else f'{value:.0f} ms'
+
+
+def attribute_section(
+    accuracy: Optional[Mapping[str, Mapping[str, Mapping[str, float]]]], problem: str = ''
+) -> str:
+    """The known-truth attribute table as HTML; '' without a truth (real Flickr8k).
+
+    Args:
+      accuracy: decoding -> attribute -> {'correct', 'named', 'images'}
+        (`summary.known_truth_accuracy`), or None.
+      problem: why the check could not be made, shown instead of the table.
+    """
+    e = html.escape
+    title = '<h2>Attributes in test captions (known truth)</h2>'
+    if problem:
+        return f'{title}<p>Not checked: {e(problem)}</p>'
+    if not accuracy:
+        return ''
+    decodings = list(accuracy)
+    labels = {'greedy': 'greedy', 'beam': 'beam search'}
+    images = next(iter(accuracy[decodings[0]].values()))['images']
+    rows = ''.join(
+        f'<tr><td>{e(attribute)}</td>'
+        + ''.join(
+            f'<td>{accuracy[d][attribute]["correct"]:.1%} '
+            f'<small>({accuracy[d][attribute]["named"]:.1%} named)</small></td>'
+            for d in decodings
+        )
+        + '</tr>'
+        for attribute in accuracy[decodings[0]]
+    )
+    return (
+        f'{title}<p>Share of the {images} test images whose caption names the true value '
+        '(and no other) of each attribute the sample generator drew; in brackets, the share '
+        'whose caption names any value of it.</p>'
+        '<table><tr><th>attribute</th>'
+        + ''.join(f'<th>{e(labels.get(d, d))}</th>' for d in decodings)
+        + f'</tr>{rows}</table>'
+    )
 
 
 def render_html(
@@ -144,8 +186,14 @@ def render_html(
     sizes: Dict[str, Optional[int]],
     sheet: Image.Image,
     shipped: Optional[str] = None,
+    attributes_html: str = '',
+    attention_html: str = '',
 ) -> str:
-    """The report page as a string (pure: easy to test)."""
+    """The report page as a string (pure: easy to test).
+
+    `attributes_html` is `attribute_section`'s table, placed after the metrics;
+    `attention_html` is `attention_section`'s maps, placed after the test images.
+    """
     e = html.escape
     names = list(features.METRIC_NAMES)
     rows = []
@@ -195,6 +243,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px}}</style></head><body>
 <table><tr><th>split</th><th>system</th>{''.join(f'<th>{n}</th>' for n in names)}
 <th>loss</th></tr>{''.join(rows)}</table>
 <p>Most frequent training caption: <i>{e(report.get('most_frequent_train_caption', ''))}</i></p>
+{attributes_html}
 <h2>Training</h2>{_svg_curves(curves)}
 <h2>Models</h2><table>{size_rows}</table>
 <h2>TFLite variants</h2>
@@ -204,16 +253,118 @@ loading; the smallest variant that agrees ships.</p>
 {tflite_rows}</table>
 <h2>Test images</h2><img src="data:image/png;base64,{_b64_png(sheet)}">
 <table><tr><th>image</th><th>greedy</th><th>beam search</th><th>references</th></tr>{sample_rows}</table>
+{attention_html}
 </body></html>
 """
 
 
-def build_report(paths, output_dir: Optional[str] = None) -> Dict[str, str]:
+ATTENTION_IMAGES = 3
+"""Test images whose attention maps the report draws: enough to judge, a page still short."""
+
+
+def attention_model_dir(report: Mapping[str, Any], pushed: Mapping[str, Any]) -> str:
+    """The SavedModel whose attention the report draws: the evaluated one, else the pushed copy.
+
+    The page describes the evaluated model (`report['model']`, the Trainer's
+    Model artifact); a blessed model's push is a copy of that same export. The
+    latest push is only the fallback: when this model was not blessed it is an
+    older model, whose maps would not match the metrics above them.
+    """
+    evaluated = path_utils.serving_model_path(report['model'])
+    if tf.io.gfile.exists(os.path.join(evaluated, 'saved_model.pb')) or not pushed.get(
+        'saved_model'
+    ):
+        return evaluated
+    return pushed['saved_model']
+
+
+def saved_model_signatures(saved_model_dir: str) -> List[str]:
+    """The signature names of a SavedModel, read from its graph file without loading it.
+
+    Loading a captioner builds InceptionV3 (seconds, hundreds of MB); reading
+    the names first keeps the report as fast as before for models without maps.
+
+    Raises:
+      FileNotFoundError: `saved_model_dir` holds no saved_model.pb.
+    """
+    path = os.path.join(saved_model_dir, 'saved_model.pb')
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f'no SavedModel at {saved_model_dir}')
+    with tf.io.gfile.GFile(path, 'rb') as f:
+        saved_model = saved_model_pb2.SavedModel.FromString(f.read())
+    return sorted({name for graph in saved_model.meta_graphs for name in graph.signature_def})
+
+
+def attention_captions(
+    saved_model_dir: str, images: List[Tuple[str, bytes]]
+) -> List[attention_maps.AttentionCaption]:
+    """Captions `images` with the model's `ATTENTION_SIGNATURE`, keeping each word's attention.
+
+    Args:
+      saved_model_dir: an attention model's SavedModel.
+      images: (image_id, encoded image) pairs, e.g. `first_images`' output.
+
+    Raises:
+      KeyError: the model has no `ATTENTION_SIGNATURE`.
+    """
+    if not images:
+        return []
+    loaded = tf.saved_model.load(saved_model_dir)  # kept alive while its signature runs
+    signature = loaded.signatures[features.ATTENTION_SIGNATURE]
+    outputs = signature(
+        **{features.IMAGE_BYTES_INPUT: tf.constant([data for _, data in images], tf.string)}
+    )
+    captions = outputs[features.CAPTION_OUTPUT].numpy()
+    lengths = outputs[features.LENGTH_OUTPUT].numpy()
+    attention = outputs[features.ATTENTION_OUTPUT].numpy()
+    return [
+        attention_maps.AttentionCaption(
+            image_id=image_id,
+            image_bytes=data,
+            caption=captions[i].decode('utf-8'),
+            attention=attention[i],
+            length=int(lengths[i]),
+        )
+        for i, (image_id, data) in enumerate(images)
+    ]
+
+
+def attention_html(
+    report: Mapping[str, Any],
+    pushed: Mapping[str, Any],
+    raw_examples_uri: Optional[str],
+    count: int = ATTENTION_IMAGES,
+) -> str:
+    """`attention_section` for the first `count` test images; '' for a model without maps.
+
+    Never raises: a model that cannot be read or run costs only this section,
+    which then says why in one line.
+    """
+    try:
+        model_dir = attention_model_dir(report, pushed)
+        if features.ATTENTION_SIGNATURE not in saved_model_signatures(model_dir):
+            return ''  # an init-inject model: nothing to draw
+        if not raw_examples_uri:
+            return attention_maps.attention_section([], 'no test images in ML Metadata')
+        images = first_images(raw_examples_uri, features.TEST_SPLIT, count)
+        if not images:
+            return attention_maps.attention_section([], 'the test split has no images')
+        return attention_maps.attention_section(attention_captions(model_dir, images))
+    except Exception as error:  # TF and Pillow raise many types for a bad model or image.
+        first_line = (str(error).strip().splitlines() or [''])[0][:300]
+        return attention_maps.attention_section([], f'{type(error).__name__}: {first_line}')
+
+
+def build_report(
+    paths, output_dir: Optional[str] = None, data_root: Optional[str] = None
+) -> Dict[str, str]:
     """Writes index.html and contact_sheet.png for the latest run; returns their paths.
 
     Args:
       paths: `configs.LocalPaths` of the run.
       output_dir: where to write; `<output_root>/report` by default.
+      data_root: the run's data directory, for the sample data's truth file;
+        by default the ExampleGen's `input_base` from ML Metadata.
 
     Raises:
       FileNotFoundError: the run has no evaluation yet.
@@ -239,13 +390,28 @@ def build_report(paths, output_dir: Optional[str] = None) -> Dict[str, str]:
         read_images(raw.uri, features.TEST_SPLIT, [s['image_id'] for s in samples]) if raw else {}
     )
     sheet = contact_sheet(samples, images)
+    try:
+        attributes_html = attribute_section(summary.known_truth_accuracy(store, data_root))
+    except ValueError as error:  # a bad truth file must not cost the rest of the report
+        attributes_html = attribute_section(None, str(error))
+    maps_html = attention_html(report, pushed, raw.uri if raw else None)
     output_dir = output_dir or os.path.join(paths.output_root, 'report')
     tf.io.gfile.makedirs(output_dir)
     sheet_path = os.path.join(output_dir, 'contact_sheet.png')
     sheet.save(sheet_path)
     html_path = os.path.join(output_dir, 'index.html')
     with open(html_path, 'w', encoding='utf-8') as f:
-        f.write(render_html(report, curves, sizes, sheet, pushed.get('tflite_variant')))
+        f.write(
+            render_html(
+                report,
+                curves,
+                sizes,
+                sheet,
+                pushed.get('tflite_variant'),
+                attributes_html,
+                maps_html,
+            )
+        )
     return {'html': html_path, 'contact_sheet': sheet_path}
 
 

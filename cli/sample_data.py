@@ -13,6 +13,14 @@ quality 90), and `flickr8k_split_counts` gives Flickr8k's split sizes with
 some images in no split, for benchmarks at the real dataset's scale
 (`benchmarks/flickr8k_scale.py`).
 
+Beside the Flickr8k files, `generate` writes the truth the captions come from:
+`ATTRIBUTES_FILE` at the data root, one tab-separated line per image with its
+colour, shape, size, position and background. Flickr8k has no such file, so
+a model trained on the sample data can be checked against what each image
+really shows (`cli/attributes.py`), not only against reference wordings. The
+layout checks ignore files they do not name, so the extra file changes
+nothing for ExampleGen or its cache.
+
 Used by the demo (`make demo`) and the tests; `caption-data sample --help`.
 """
 
@@ -44,6 +52,18 @@ BACKGROUNDS: Mapping[str, Sequence[int]] = {
     'grey': (128, 128, 128),
     'black': (15, 15, 15),
 }
+ATTRIBUTES = ('colour', 'shape', 'size', 'position', 'background')
+"""The truth file's columns after the image id; each is a `Scene` field."""
+ATTRIBUTE_VALUES: Mapping[str, Sequence[str]] = {
+    'colour': tuple(COLOURS),
+    'shape': SHAPES,
+    'size': SIZES,
+    'position': POSITIONS,
+    'background': tuple(BACKGROUNDS),
+}
+"""Every value each attribute can take, as the captions word it."""
+ATTRIBUTES_FILE = 'sample_attributes.tsv'
+"""At the data root: `image` and the `ATTRIBUTES`, tab-separated, one line per image."""
 WIDTH, HEIGHT = 320, 240
 _RADIUS = {'small': 28, 'big': 56}
 JPEG_QUALITY = 90
@@ -212,6 +232,18 @@ def render(scene: Scene, rng: random.Random, style: ImageStyle = DEFAULT_STYLE) 
     return _paint(_plan(scene, rng, style), style)
 
 
+def attribute_lines(scenes: Mapping[str, Scene]) -> List[str]:
+    """The truth file's lines: a header, then each image's attributes, sorted by image id.
+
+    Sorted so the file is the same bytes however the images were drawn.
+    """
+    header = '\t'.join(('image', *ATTRIBUTES))
+    return [header] + [
+        '\t'.join((image_id, *(getattr(scenes[image_id], name) for name in ATTRIBUTES)))
+        for image_id in sorted(scenes)
+    ]
+
+
 def split_counts(num_images: int) -> Dict[str, int]:
     """Train/eval/test sizes in Flickr8k's proportions (6000/1000/1000)."""
     if num_images < 8:
@@ -251,6 +283,8 @@ def generate(
 ) -> Dict[str, int]:
     """Writes a Flickr8k-layout dataset of `num_images` images under `root`.
 
+    Also writes `ATTRIBUTES_FILE`, every image's true attributes.
+
     Args:
       root: output directory; created if needed. Existing sample files are
         overwritten, other files are left alone.
@@ -280,12 +314,14 @@ def generate(
     token_lines = []
     image_ids = []
     drawings = []
+    scenes = {}
     for index in range(num_images):
         image_id = f'{seed:04d}{index:06d}_sample.jpg'
         scene = random_scene(rng)
         drawings.append(_plan(scene, rng, style))
         token_lines.extend(f'{image_id}#{n}\t{text}' for n, text in enumerate(scene.captions()))
         image_ids.append(image_id)
+        scenes[image_id] = scene
     paint = functools.partial(_paint, style=style)
     with contextlib.ExitStack() as stack:
         if processes > 1:
@@ -301,6 +337,7 @@ def generate(
             with open(os.path.join(images_dir, image_id), 'wb') as f:
                 f.write(data)
     _write_lines(os.path.join(root, layout.TOKEN_FILE), token_lines)
+    _write_lines(os.path.join(root, ATTRIBUTES_FILE), attribute_lines(scenes))
     start = 0
     for name, count in counts.items():
         _write_lines(os.path.join(root, name), image_ids[start : start + count])

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tensorflow_metadata.proto.v0 import anomalies_pb2
-from tfx.types import artifact_utils
+from tfx.types import artifact_utils, standard_component_specs
 
 from tfx_captioning.components.flickr8k_example_gen import executor as example_gen_executor
 
@@ -85,6 +85,29 @@ def raw_examples(store: metadata_store.MetadataStore) -> Optional[metadata_store
     return max(candidates, key=lambda a: (a.create_time_since_epoch, a.id), default=None)
 
 
+def input_base(store: metadata_store.MetadataStore) -> Optional[str]:
+    """The directory the latest ExampleGen output was read from, or None.
+
+    TFX records a component's exec properties as custom properties of its
+    execution, so the ExampleGen execution that output `raw_examples` carries
+    its `input_base`. A cached re-run outputs the same artifact with the same
+    properties; the newest execution wins.
+    """
+    raw = raw_examples(store)
+    if raw is None:
+        return None
+    producer_ids = [
+        event.execution_id
+        for event in store.get_events_by_artifact_ids([raw.id])
+        if event.type == metadata_store_pb2.Event.OUTPUT
+    ]
+    for execution in sorted(store.get_executions_by_id(producer_ids), key=lambda e: -e.id):
+        prop = execution.custom_properties.get(standard_component_specs.INPUT_BASE_KEY)
+        if prop is not None and prop.string_value:
+            return prop.string_value
+    return None
+
+
 def latest_pushed(store: metadata_store.MetadataStore) -> Dict[str, Any]:
     """Where the latest push went: {'version', 'saved_model', 'tflite'} (empty if none)."""
     from tfx_captioning.components.caption_pusher import executor as pusher_executor
@@ -152,6 +175,57 @@ def evaluation_metrics(store: metadata_store.MetadataStore) -> Optional[Dict[str
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def evaluation_captions(
+    store: metadata_store.MetadataStore,
+) -> Optional[Dict[str, Dict[str, Dict[str, str]]]]:
+    """The latest evaluation's captions: {split: {image_id: {'greedy': .., 'beam': ..}}}, or None.
+
+    None when there is no evaluation or it predates the evaluator writing its captions.
+    """
+    from tfx_captioning.components.caption_evaluator import spec as evaluator_spec
+
+    evaluation = latest_artifact(store, 'ModelEvaluation')
+    if evaluation is None:
+        return None
+    path = os.path.join(evaluation.uri, evaluator_spec.CAPTIONS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding='utf-8') as f:
+        return json.load(f)
+
+
+def known_truth_accuracy(
+    store: metadata_store.MetadataStore, data_root: Optional[str] = None
+) -> Optional[Dict[str, Dict[str, Dict[str, float]]]]:
+    """The latest evaluation's test captions scored against the sample data's truth.
+
+    Args:
+      store: the run's ML Metadata store.
+      data_root: the run's data directory when the caller knows it;
+        otherwise the ExampleGen's `input_base` from ML Metadata.
+
+    Returns:
+      decoding -> attribute -> {'correct', 'named', 'images'}
+      (`attributes.accuracy_by_decoding`); None when the data has no truth
+      file (real Flickr8k) or the evaluation no test captions. The truth is
+      read first, so real Flickr8k never loads the captions.
+
+    Raises:
+      ValueError: the truth file is malformed, or none of its images was captioned.
+    """
+    from tfx_captioning.cli import attributes
+    from tfx_captioning.models import features
+
+    root = data_root or input_base(store)
+    truth = attributes.read_truth(root) if root else None
+    if truth is None:
+        return None
+    captions = (evaluation_captions(store) or {}).get(features.TEST_SPLIT)
+    if not captions:
+        return None
+    return attributes.accuracy_by_decoding(captions, truth)
 
 
 def format_metrics_table(report: Dict[str, Any]) -> str:

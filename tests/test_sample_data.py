@@ -1,5 +1,6 @@
 """The generated sample dataset: Flickr8k layout, deterministic, captions true to pixels."""
 
+import dataclasses
 import hashlib
 import os
 
@@ -42,6 +43,24 @@ def test_layout_and_split_sizes(tmp_path):
             assert len(set(record.captions)) == 5  # five different wordings
             with Image.open(record.path) as image:
                 assert image.format == 'JPEG'
+
+
+def test_the_truth_file_lists_every_image_by_name_with_its_scene(tmp_path):
+    sample_data.generate(str(tmp_path), 10, seed=2)
+    lines = (tmp_path / sample_data.ATTRIBUTES_FILE).read_text(encoding='utf-8').splitlines()
+    assert lines[0].split('\t') == ['image', *sample_data.ATTRIBUTES]
+    images = sorted(os.listdir(tmp_path / layout.IMAGES_DIR))
+    assert [line.split('\t')[0] for line in lines[1:]] == images
+    assert set(sample_data.ATTRIBUTES) == {f.name for f in dataclasses.fields(sample_data.Scene)}
+    # Sorted by image id whatever order the scenes come in.
+    scenes = {
+        'b.jpg': sample_data.Scene('red', 'circle', 'left', 'small', 'white'),
+        'a.jpg': sample_data.Scene('blue', 'square', 'middle', 'big', 'grey'),
+    }
+    assert sample_data.attribute_lines(scenes)[1:] == [
+        'a.jpg\tblue\tsquare\tbig\tmiddle\tgrey',
+        'b.jpg\tred\tcircle\tsmall\tleft\twhite',
+    ]
 
 
 def test_too_small_dataset_is_refused(tmp_path):
