@@ -95,11 +95,15 @@ def build_decoder(hparams: HParams, vocab_size: int) -> keras.Model:
         inputs.append(flat_regions)
         regions = keras.layers.Reshape((features.NUM_REGIONS, features.FEATURE_SIZE))(flat_regions)
         cell = attention_lib.AttentionGRUCell(
-            hparams.units, hparams.num_layers, hparams.attention_units, name='attention_cell'
+            hparams.units,
+            hparams.num_layers,
+            hparams.attention_units,
+            context_dim=hparams.embedding_dim,
+            name='attention_cell',
         )
-        keys = cell.keys(regions)  # once per image, not per word
+        values, keys = cell.project(regions)  # once per image, not per word
         x = keras.layers.RNN(cell, return_sequences=True, name=ATTENTION_LAYER)(
-            x, initial_state=[state] * hparams.num_layers, constants=[regions, keys]
+            x, initial_state=[state] * hparams.num_layers, constants=[values, keys]
         )
     else:
         for i in range(hparams.num_layers):
@@ -169,8 +173,8 @@ class DecoderLayers:
 
 
 Memory = Optional[Tuple[tf.Tensor, tf.Tensor]]
-"""What the attention decoder attends over: (regions [batch, NUM_REGIONS, FEATURE_SIZE],
-their keys); None for the init-inject decoder."""
+"""What the attention decoder attends over: the projected regions and their keys
+(`AttentionGRUCell.project`); None for the init-inject decoder."""
 
 
 def memory(layers: DecoderLayers, normalized_regions: Optional[tf.Tensor]) -> Memory:
@@ -193,7 +197,7 @@ def memory(layers: DecoderLayers, normalized_regions: Optional[tf.Tensor]) -> Me
     if normalized_regions is None:
         raise ValueError('The attention decoder needs the region features.')
     regions = tf.reshape(normalized_regions, [-1, features.NUM_REGIONS, features.FEATURE_SIZE])
-    return regions, layers.attention.project(regions)
+    return layers.attention.project(regions)
 
 
 def initial_states(layers: DecoderLayers, normalized_features: tf.Tensor) -> List[tf.Tensor]:
@@ -211,8 +215,8 @@ def attention_step(
     """`decode_step`, also returning the attention weights (None without attention)."""
     x = layers.embedding(token_ids)
     if layers.attention is not None:
-        regions, keys = attention_memory
-        x, new_states, alpha = layers.attention.step(x, states, regions, keys)
+        values, keys = attention_memory
+        x, new_states, alpha = layers.attention.step(x, states, values, keys)
         return layers.logits(x), new_states, alpha
     new_states = []
     for gru, state in zip(layers.grus, states):

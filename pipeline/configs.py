@@ -15,7 +15,11 @@ MODEL_NAME = features.MODEL_NAME
 DEFAULT_OUTPUT_ROOT = features.DEFAULT_OUTPUT_ROOT
 
 SAMPLE_DATA_SUBDIR = 'sample_data'
-DEFAULT_SAMPLE_IMAGES = 320
+DEFAULT_SAMPLE_IMAGES = 1000
+"""The demo's sample size: the attention decoder's shape accuracy grows with the data
+(measured on the sample: 42.5 % of test captions at 320 images, 60.8 % at 1,000, 73.2 %
+at 2,000 with one GRU layer), and 1,000 keeps `make demo` under 10 minutes on 2 cores
+(570 s measured, against 603 s for 2,000 images with a lighter model)."""
 DEFAULT_SAMPLE_SEED = 0
 
 
@@ -93,5 +97,8 @@ SAMPLE_ENCODER_WEIGHTS = 'random'
 """The sample data runs offline: seeded random InceptionV3 weights (features
 still separate colour, shape and position; Transform z-scores them)."""
 
-SAMPLE_HPARAMS = {'min_word_count': 1}
-"""Hyperparameters for the sample data: every word kept (its vocabulary is tiny)."""
+SAMPLE_HPARAMS = {'min_word_count': 1, 'decoder': features.DECODER_ATTENTION}
+"""Hyperparameters for the sample data: every word kept (its vocabulary is tiny), and
+the attention decoder, chosen by measurement (README, "Choosing the decoder"): on the
+same 1,000 images it names shape, colour and position right more often than the
+init-inject decoder and scores a higher CIDEr-D."""

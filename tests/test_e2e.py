@@ -11,11 +11,16 @@ One module-scoped sequence of real runs (no stubs):
    only the evaluator re-runs (its baseline is now the blessed first model) and
    the Pusher does not publish the same model twice;
 3. a deliberately worse model (one training step) re-runs only Trainer and
-   what follows, is not blessed against the blessed baseline, and is not pushed.
+   what follows, is not blessed against the blessed baseline, and is not pushed;
+4. on a copy of that store, switching to the attention decoder re-runs only
+   the Trainer and what follows (features and vocabulary come from the
+   cache), its export gives identical captions in the three runtimes, and
+   the report shows its attention maps.
 """
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -24,6 +29,7 @@ from typing import Any, Dict, List
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
+from tfx.utils import path_utils
 
 from tests import mlmd_states
 from tfx_captioning.cli import pipeline_cli as cli
@@ -148,13 +154,13 @@ def test_metrics_beat_the_most_frequent_caption(runs):
     assert metrics['baseline'] is None  # the first model has no baseline
 
 
-def test_three_runtimes_give_identical_captions(runs, start_caption_server, tmp_path):
+def three_runtime_captions(store, version_dir, tflite_path, start_caption_server, tmp_path):
+    """The first 3 test images captioned in-process, over gRPC and by TFLite without TensorFlow."""
     from tfx_captioning.serving.client import CaptionClient
 
-    raw = summary.raw_examples(runs['store'])
+    raw = summary.raw_examples(store)
     images = report.first_images(raw.uri, features.TEST_SPLIT, 3)
     image_bytes = [data for _, data in images]
-    version_dir = runs['first_push']['saved_model']
 
     in_process = cli.caption_bytes(version_dir, image_bytes)
 
@@ -173,7 +179,7 @@ def test_three_runtimes_give_identical_captions(runs, start_caption_server, tmp_
         f"""
         import json, sys
         from tfx_captioning.models.tflite_runtime import TFLiteCaptioner
-        captioner = TFLiteCaptioner({runs['first_push']['tflite']!r})
+        captioner = TFLiteCaptioner({tflite_path!r})
         captions = [captioner.caption(p) for p in {paths!r}]
         assert 'tensorflow' not in sys.modules
         print(json.dumps(captions))
@@ -183,6 +189,17 @@ def test_three_runtimes_give_identical_captions(runs, start_caption_server, tmp_
         [sys.executable, '-c', script], capture_output=True, text=True, check=True
     )
     on_device = json.loads(done.stdout.strip().splitlines()[-1])
+    return in_process, over_grpc, on_device
+
+
+def test_three_runtimes_give_identical_captions(runs, start_caption_server, tmp_path):
+    in_process, over_grpc, on_device = three_runtime_captions(
+        runs['store'],
+        runs['first_push']['saved_model'],
+        runs['first_push']['tflite'],
+        start_caption_server,
+        tmp_path,
+    )
     assert all(in_process), in_process
     assert in_process == over_grpc == on_device
 
@@ -221,3 +238,63 @@ def test_report_is_built(runs):
     html = open(built['html'], encoding='utf-8').read()
     assert 'BLEU-4' in html and 'NOT BLESSED' in html  # the latest run's decision
     assert os.path.getsize(built['contact_sheet']) > 1000
+
+
+# --- Switching to the attention decoder ----------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def attention_run(runs):
+    """The same data and settings with decoder='attention', on a copy of the first runs' store.
+
+    A copy (ML Metadata and artifacts), so this run's decision leaves the
+    other tests' store as they expect it; the copied store still points at
+    the first runs' artifacts, which TFX's cache then reuses.
+    """
+    root = runs['root']
+    out = str(root / 'out_attention')
+    shutil.copytree(runs['paths'].output_root, out)
+    hparams = HParams.from_custom_config({**HPARAMS, 'decoder': features.DECODER_ATTENTION})
+    paths = local_runner.run(
+        str(root / 'data'),
+        out,
+        extractor=ExtractorParameters(weights='random'),
+        hparams=hparams,
+        evaluator=EvaluatorParameters(gate=GATE),
+        min_tflite_agreement=0.75,
+    )
+    store = summary.open_store(paths.metadata_path)
+    states = executions(store)[len(executions(runs['store'])) :]
+    model = summary.latest_artifact(store, 'Model')
+    return {'paths': paths, 'store': store, 'states': states, 'model': model}
+
+
+def test_switching_decoders_reuses_features_and_vocabulary(attention_run):
+    states = {row['component']: row['state'] for row in attention_run['states']}
+    for cached in ('Flickr8kExampleGen', 'ImageFeatureExtractor', 'Transform'):
+        assert states[cached] == 'CACHED', states
+    assert states['Trainer'] == 'COMPLETE' and states['CaptionEvaluator'] == 'COMPLETE'
+
+
+def test_the_attention_model_gives_identical_captions_in_three_runtimes(
+    attention_run, start_caption_server, tmp_path
+):
+    """Blessed or not, the Trainer's attention export is what would be pushed: serve it."""
+    model_uri = attention_run['model'].uri
+    base_path = tmp_path / 'serving' / configs.MODEL_NAME
+    version_dir = str(base_path / '1')
+    shutil.copytree(path_utils.serving_model_dir(model_uri), version_dir)
+    loaded = tf.saved_model.load(version_dir)
+    assert features.ATTENTION_SIGNATURE in loaded.signatures
+    tflite = os.path.join(model_uri, features.TFLITE_MODEL_DIR, 'float32', features.TFLITE_FILE)
+    in_process, over_grpc, on_device = three_runtime_captions(
+        attention_run['store'], version_dir, tflite, start_caption_server, tmp_path
+    )
+    assert all(in_process), in_process
+    assert in_process == over_grpc == on_device
+
+
+def test_the_attention_runs_report_shows_where_the_model_looked(attention_run, tmp_path):
+    built = report.build_report(attention_run['paths'], output_dir=str(tmp_path / 'report'))
+    html = open(built['html'], encoding='utf-8').read()
+    assert 'Where the model looked' in html and 'Attention maps missing' not in html
