@@ -146,12 +146,18 @@ def child_main(config: Dict[str, Any]) -> None:
     quiet.configure(verbose=False)
     from tfx_captioning.components.caption_evaluator.spec import EvaluatorParameters
     from tfx_captioning.components.image_feature_extractor.spec import ExtractorParameters
+    from tfx_captioning.models import features
     from tfx_captioning.models.hparams import HParams
     from tfx_captioning.pipeline import configs, local_runner
 
     epochs = config['epochs']
     hparams = HParams.from_custom_config(
-        {**configs.SAMPLE_HPARAMS, 'epochs': epochs, 'patience': epochs}
+        {
+            **configs.SAMPLE_HPARAMS,
+            'epochs': epochs,
+            'patience': epochs,
+            'decoder': config.get('decoder', features.DECODER_INIT_INJECT),
+        }
     )
     extractor = ExtractorParameters(
         weights='random', encoder_precision=config['encoder_precision']
@@ -227,6 +233,7 @@ def run_size(num_images: int, args: argparse.Namespace) -> Dict[str, Any]:
         'epochs': args.epochs,
         'encoder_precision': args.encoder_precision,
         'beam_workers': args.beam_workers,
+        'decoder': args.decoder,
     }
     load_before = os.getloadavg()[0]
     start = time.time()
@@ -258,6 +265,7 @@ def run_size(num_images: int, args: argparse.Namespace) -> Dict[str, Any]:
         **dataset,
         'epochs': args.epochs,
         'encoder_precision': args.encoder_precision,
+        'decoder': args.decoder,
         'resolved_precision': _resolved_precision(args.encoder_precision),
         'beam_workers': args.beam_workers,
         'wall_seconds': wall,
@@ -404,6 +412,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:
         '--encoder-precision', default='auto', choices=('auto', 'float32', 'bfloat16')
     )
     parser.add_argument('--beam-workers', type=int, default=1)
+    parser.add_argument(
+        '--decoder',
+        default='init_inject',
+        choices=('init_inject', 'attention'),
+        help='the caption decoder (the measured table in the README is init_inject)',
+    )
     parser.add_argument('--generate-processes', type=int, default=os.cpu_count() or 1)
     parser.add_argument('--sample-seconds', type=float, default=0.5)
     parser.add_argument('--child', help=argparse.SUPPRESS)
