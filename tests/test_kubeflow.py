@@ -751,7 +751,16 @@ def test_two_beam_workers_transform_exactly_like_one(tmp_path, monkeypatch):
         for row_one, row_two in zip(rows_one, rows_two):
             assert row_one.keys() == row_two.keys()
             for key in row_one:
-                if row_one[key].dtype.kind == 'f':
+                if key == features.NORMALIZED_REGIONS_KEY:
+                    # Regions are stored as float16: where the two runs' float32
+                    # outputs (see below) straddle a float16 rounding boundary,
+                    # the stored values differ by one float16 step (2**-11
+                    # relative), which the z-score scales up: measured on 0.11 %
+                    # of values, by at most 3.7e-3.
+                    differs = ~np.isclose(row_one[key], row_two[key], rtol=1e-4, atol=2e-4)
+                    assert differs.mean() < 0.01, differs.mean()
+                    np.testing.assert_allclose(row_one[key], row_two[key], rtol=0, atol=1e-2)
+                elif row_one[key].dtype.kind == 'f':
                     # z-scored features (unit scale): oneDNN's InceptionV3 output
                     # depends on batch composition at ~1e-6 relative, and the z-score
                     # divides by small per-dimension deviations (measured: <= 6e-5).
