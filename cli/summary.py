@@ -163,18 +163,23 @@ def latest_decision(store: metadata_store.MetadataStore) -> Optional[Dict[str, A
     }
 
 
+def _latest_evaluation_json(store: metadata_store.MetadataStore, name: str) -> Optional[Any]:
+    """A JSON file of the latest CaptionEvaluator output, or None (no evaluation, no file)."""
+    evaluation = latest_artifact(store, 'ModelEvaluation')
+    if evaluation is None:
+        return None
+    path = os.path.join(evaluation.uri, name)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding='utf-8') as f:
+        return json.load(f)
+
+
 def evaluation_metrics(store: metadata_store.MetadataStore) -> Optional[Dict[str, Any]]:
     """The latest CaptionEvaluator report (metrics.json), or None."""
     from tfx_captioning.components.caption_evaluator import spec as evaluator_spec
 
-    evaluation = latest_artifact(store, 'ModelEvaluation')
-    if evaluation is None:
-        return None
-    path = os.path.join(evaluation.uri, evaluator_spec.METRICS_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return _latest_evaluation_json(store, evaluator_spec.METRICS_FILE)
 
 
 def evaluation_captions(
@@ -186,14 +191,7 @@ def evaluation_captions(
     """
     from tfx_captioning.components.caption_evaluator import spec as evaluator_spec
 
-    evaluation = latest_artifact(store, 'ModelEvaluation')
-    if evaluation is None:
-        return None
-    path = os.path.join(evaluation.uri, evaluator_spec.CAPTIONS_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding='utf-8') as f:
-        return json.load(f)
+    return _latest_evaluation_json(store, evaluator_spec.CAPTIONS_FILE)
 
 
 def known_truth_accuracy(

@@ -123,8 +123,25 @@ def feature_normalization(tft_output: tft.TFTransformOutput) -> Tuple[np.ndarray
     Returns:
       float32 arrays ``scale`` and ``offset`` of shape [FEATURE_SIZE].
     """
-    at_zero, at_one = _probe(tft_output)[features.NORMALIZED_FEATURES_KEY]
+    return _affine(_probe(tft_output)[features.NORMALIZED_FEATURES_KEY])
+
+
+def _affine(probed: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Outputs at inputs 0 and 1 -> ``(scale, offset)`` of an affine map, float32."""
+    at_zero, at_one = probed
     return (at_one - at_zero).astype(np.float32), at_zero.astype(np.float32)
+
+
+def normalizations(
+    tft_output: tft.TFTransformOutput,
+) -> Tuple[Tuple[np.ndarray, np.ndarray], Optional[Tuple[np.ndarray, np.ndarray]]]:
+    """`feature_normalization` and `region_normalization` from ONE run of Transform's graph."""
+    probed = _probe(tft_output)
+    regions = probed.get(features.NORMALIZED_REGIONS_KEY)
+    if regions is not None:
+        # Every region of a channel shares one mean and variance: read region 0's.
+        regions = _affine(regions.reshape(2, features.NUM_REGIONS, features.FEATURE_SIZE)[:, 0, :])
+    return _affine(probed[features.NORMALIZED_FEATURES_KEY]), regions
 
 
 def region_normalization(
@@ -136,11 +153,7 @@ def region_normalization(
     and variance), float32 arrays of shape [FEATURE_SIZE]; None when
     Transform wrote no regions.
     """
-    if features.NORMALIZED_REGIONS_KEY not in tft_output.transformed_feature_spec():
-        return None
-    values = _probe(tft_output)[features.NORMALIZED_REGIONS_KEY]
-    at_zero, at_one = values.reshape(2, features.NUM_REGIONS, features.FEATURE_SIZE)[:, 0, :]
-    return (at_one - at_zero).astype(np.float32), at_zero.astype(np.float32)
+    return normalizations(tft_output)[1]
 
 
 def read_vocabulary(vocabulary_file: str) -> List[str]:
@@ -548,8 +561,9 @@ def export_serving_model(
     Returns:
       The saved model's computation (for further exports, such as TFLite).
     """
-    scale, offset = feature_normalization(tft_output)
-    regions = region_normalization(tft_output) if decoder_model_attends(decoder_model) else None
+    (scale, offset), regions = normalizations(tft_output)
+    if not decoder_model_attends(decoder_model):
+        regions = None  # Transform wrote regions; this decoder does not read them
     region_scale, region_offset = regions or (None, None)
     model = CaptionModel(
         encoder=encoder_lib.load_encoder(encoder_dir),
