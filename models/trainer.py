@@ -27,7 +27,6 @@ import tf_keras as keras
 from tfx_captioning.models import decoder, export, features, tflite_export
 from tfx_captioning.models.hparams import HParams
 
-
 def masked_loss(y_true: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Mean sparse cross-entropy over the tokens that are not ``<pad>``.
 

@@ -68,7 +68,9 @@ def test_the_by_image_training_view_shares_weights_and_equals_the_per_caption_mo
     decoder_name,
 ):
     tf.keras.utils.set_random_seed(HPARAMS.seed)
-    per_caption = decoder.build_decoder(dataclasses.replace(HPARAMS, decoder=decoder_name), VOCAB)
+    per_caption = decoder.build_decoder(
+        dataclasses.replace(HPARAMS, decoder=decoder_name), VOCAB
+    )
     by_image = decoder.grouped_training_model(per_caption)
     assert {id(v) for v in by_image.trainable_variables} == {
         id(v) for v in per_caption.trainable_variables
