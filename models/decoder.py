@@ -114,60 +114,6 @@ def build_decoder(hparams: HParams, vocab_size: int) -> keras.Model:
     return keras.Model(inputs, logits, name='caption_decoder')
 
 
-def grouped_training_model(decoder_model: keras.Model) -> keras.Model:
-    """The Trainer's view of `decoder_model`: each image once, its captions beside it.
-
-    The same layers and weights as `decoder_model` (training one trains the
-    other), fed by image rather than by caption. Inputs (a dict):
-
-      `features.NORMALIZED_FEATURES_KEY`: float32 [images, FEATURE_SIZE].
-      `features.NORMALIZED_REGIONS_KEY` (attention only): float32 [images,
-      NUM_REGIONS * FEATURE_SIZE].
-      `features.DECODER_INPUT_KEY`: int32 [captions, time], ``<start>`` first.
-      `features.CAPTION_IMAGE_KEY`: int32 [captions], each caption's image row.
-
-    Output: float32 logits [captions, time, vocab_size], equal to
-    `decoder_model`'s on the image inputs repeated per caption.
-
-    Why: fed one row per caption, the attention decoder projected an image's
-    64 regions (a 2048 x embedding_dim matmul per region, the largest cost of
-    a step) once for each of its five captions, and the input pipeline
-    carried the 512 KiB of regions five times. Here the initial state and the
-    projected regions are computed per image and gathered per caption.
-    """
-    layers = DecoderLayers.from_model(decoder_model)
-    image_features = keras.Input(
-        shape=(features.FEATURE_SIZE,), dtype=tf.float32, name=features.NORMALIZED_FEATURES_KEY
-    )
-    decoder_input = keras.Input(shape=(None,), dtype=tf.int32, name=features.DECODER_INPUT_KEY)
-    caption_image = keras.Input(shape=(), dtype=tf.int32, name=features.CAPTION_IMAGE_KEY)
-    inputs = [image_features, decoder_input, caption_image]
-
-    def per_caption(tensor):
-        return tf.gather(tensor, caption_image)
-
-    state = per_caption(layers.initial_state(image_features))
-    x = layers.embedding(decoder_input)
-    if layers.attention is not None:
-        flat_regions = keras.Input(
-            shape=(features.NUM_REGIONS * features.FEATURE_SIZE,),
-            dtype=tf.float32,
-            name=features.NORMALIZED_REGIONS_KEY,
-        )
-        inputs.append(flat_regions)
-        regions = tf.reshape(flat_regions, [-1, features.NUM_REGIONS, features.FEATURE_SIZE])
-        values, keys = layers.attention.project(regions)
-        x = decoder_model.get_layer(ATTENTION_LAYER)(
-            x,
-            initial_state=[state] * layers.num_layers,
-            constants=[per_caption(values), per_caption(keys)],
-        )
-    else:
-        for gru in layers.grus:
-            x = gru(x, initial_state=state)
-    return keras.Model(inputs, layers.logits(x), name=f'{decoder_model.name}_by_image')
-
-
 def masked_cross_entropy(targets: tf.Tensor, logits: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """Per caption: summed cross-entropy over its real (non-``<pad>``) target tokens, and their count.
 

@@ -171,14 +171,6 @@ that code does. Not a hyperparameter: `HParams.from_custom_config` skips it."""
 # --- Decoder model (Trainer) ------------------------------------------------------------
 DECODER_INPUT_KEY = 'decoder_input'
 """int[None]: the teacher-forced input ids of the training model (a caption without its last id)."""
-CAPTION_IMAGE_KEY = 'caption_image'
-"""int32 scalar per caption: the row of its image in the batch's image inputs. The
-Trainer feeds each image's features once and its captions beside them
-(`decoder.grouped_training_model`), so the regions are projected once per image,
-not once per caption."""
-CAPTIONS_PER_IMAGE = 5
-"""Flickr8k's captions per image: turns the Trainer's ``batch_size`` (captions) into
-images per batch."""
 
 # --- TF Serving version directory ---------------------------------------------------
 WARMUP_REQUESTS_DIR = 'assets.extra'

@@ -1,10 +1,9 @@
 """The Trainer module: trains the GRU decoder on Transform's output and exports the combined model.
 
 `run_fn` (referenced as ``tfx_captioning.models.trainer.run_fn``) reads the transformed
-examples in batches of whole images (shuffled), each image's captions beside
-it as teacher-forcing pairs, trains `decoder.build_decoder` (through its
-by-image view, `decoder.grouped_training_model`) with a cross-entropy
-masked on ``<pad>``, stops early on the eval loss, keeps the
+examples, turns every caption of every image into one teacher-forcing pair
+(five pairs per Flickr8k image, shuffled), trains `decoder.build_decoder` with
+a cross-entropy masked on ``<pad>``, stops early on the eval loss, keeps the
 best weights, and writes ONE SavedModel (`export.export_serving_model`) holding
 InceptionV3, the feature normalisation, the decoder and the vocabulary.
 
@@ -26,6 +25,10 @@ import tf_keras as keras
 
 from tfx_captioning.models import decoder, export, features, tflite_export
 from tfx_captioning.models.hparams import HParams
+
+# Examples parsed per `tf.io.parse_example` call before they are split into pairs.
+_PARSE_BATCH = 128
+
 
 def masked_loss(y_true: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Mean sparse cross-entropy over the tokens that are not ``<pad>``.
@@ -74,29 +77,25 @@ def _list_files(file_patterns: List[str]) -> List[str]:
     return files
 
 
-def _by_image(batch: dict) -> Tuple[dict, tf.Tensor]:
-    """Parsed images -> (each image's inputs once, its captions beside them, target ids).
-
-    One teacher-forcing pair per caption: `features.DECODER_INPUT_KEY` is the
-    caption without its last id, the target without its first, and
-    `features.CAPTION_IMAGE_KEY` the row of the caption's image (the input of
-    `decoder.grouped_training_model`).
-    """
+def _to_pairs(batch: dict) -> Tuple[dict, tf.Tensor]:
+    """Parsed images -> one teacher-forcing pair per caption (image inputs repeated)."""
     captions = batch[features.CAPTION_IDS_KEY]  # ragged [images, (captions), max_len + 1]
     sequences = tf.cast(captions.values, tf.int32)  # [pairs, max_len + 1]
-    inputs = {key: batch[key] for key in IMAGE_INPUTS if key in batch}
+    inputs = {
+        key: tf.repeat(batch[key], captions.row_lengths(), axis=0)
+        for key in IMAGE_INPUTS
+        if key in batch
+    }
     inputs[features.DECODER_INPUT_KEY] = sequences[:, :-1]
-    inputs[features.CAPTION_IMAGE_KEY] = tf.cast(captions.value_rowids(), tf.int32)
     return inputs, sequences[:, 1:]
 
 
 IMAGE_INPUTS = (features.NORMALIZED_FEATURES_KEY, features.NORMALIZED_REGIONS_KEY)
 """The transformed image features a decoder may read (the regions: attention only)."""
 
-
-def images_per_batch(batch_size: int) -> int:
-    """Images per training batch for `batch_size` captions (Flickr8k: five per image), at least 1."""
-    return max(1, round(batch_size / features.CAPTIONS_PER_IMAGE))
+REGION_PAIR_BUFFER_BATCHES = 4
+"""With regions (512 KiB per pair), pairs are shuffled within this many batches only;
+images are shuffled before, in a buffer of ``shuffle_buffer // 5`` images."""
 
 
 def input_fn(
@@ -109,30 +108,28 @@ def input_fn(
     seed: Optional[int] = None,
     regions: bool = False,
 ) -> tf.data.Dataset:
-    """Transformed examples -> batches of whole images with their captions (`_by_image`).
+    """Transformed examples -> batches of (inputs dict, target ids), one pair per caption.
 
-    A batch holds `images_per_batch(batch_size)` images (about `batch_size`
-    captions) and every caption of each, so an image's features, and its
-    512 KiB of regions, are read and projected once per epoch rather than
-    once per caption. Images are shuffled in a buffer of ``shuffle_buffer //
-    CAPTIONS_PER_IMAGE`` images (about `shuffle_buffer` captions); memory
-    stays bounded with regions too.
+    Memory stays bounded with region features too: a pair-level shuffle
+    buffer of 10,000 pairs would hold 5 GB of regions, so with regions the
+    images are shuffled first (``shuffle_buffer // 5`` of them, about one
+    pair buffer's worth of captions) and the pairs only within
+    `REGION_PAIR_BUFFER_BATCHES` batches.
 
     Args:
       file_patterns: globs of Transform's GZIP TFRecord files.
       tft_output: Transform's output, for the transformed feature spec.
-      batch_size: captions per batch, rounded to whole images.
-      shuffle: shuffle files and images (training); off for evaluation.
+      batch_size: pairs per batch.
+      shuffle: shuffle files and pairs (training); off for evaluation.
       repeat: repeat forever (when the step count, not the data, ends an epoch).
-      shuffle_buffer: captions' worth of images held in the shuffle buffer.
+      shuffle_buffer: pairs held in the shuffle buffer.
       seed: shuffling seed.
       regions: also read `features.NORMALIZED_REGIONS_KEY` (attention decoder).
 
     Returns:
-      A dataset of ``({NORMALIZED_FEATURES_KEY: float32[images, 2048],
-      DECODER_INPUT_KEY: int32[captions, max_len], CAPTION_IMAGE_KEY:
-      int32[captions]} (and NORMALIZED_REGIONS_KEY float32[images, 64 * 2048]
-      with `regions`), int32[captions, max_len])``.
+      A dataset of ``({NORMALIZED_FEATURES_KEY: float32[b, 2048],
+      DECODER_INPUT_KEY: int32[b, max_len]} (and NORMALIZED_REGIONS_KEY
+      float32[b, 64 * 2048] with `regions`), int32[b, max_len])``.
 
     Raises:
       ValueError: `regions` asked for, but Transform wrote none.
@@ -152,16 +149,20 @@ def input_fn(
     if shuffle:
         dataset = dataset.shuffle(len(files), seed=seed)
     dataset = tf.data.TFRecordDataset(dataset, compression_type='GZIP')
-    if shuffle:
-        buffer = max(1, shuffle_buffer // features.CAPTIONS_PER_IMAGE)
-        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
-    dataset = dataset.batch(images_per_batch(batch_size)).map(
-        lambda records: _by_image(tf.io.parse_example(records, spec)),
+    if shuffle and regions:
+        dataset = dataset.shuffle(max(1, shuffle_buffer // 5), seed=seed)
+    dataset = dataset.batch(_PARSE_BATCH).map(
+        lambda records: _to_pairs(tf.io.parse_example(records, spec)),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.unbatch()
+    if shuffle:
+        # Pair-level shuffle: the five captions of an image land in different batches.
+        pair_buffer = REGION_PAIR_BUFFER_BATCHES * batch_size if regions else shuffle_buffer
+        dataset = dataset.shuffle(pair_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def compile_decoder(model: keras.Model, hparams: HParams) -> keras.Model:
@@ -303,10 +304,10 @@ def _train_and_export(fn_args) -> None:
         repeat=validation_steps is not None,
         regions=hparams.attention,
     )
-    model = decoder.build_decoder(hparams, vocab_size)
+    model = compile_decoder(decoder.build_decoder(hparams, vocab_size), hparams)
     model.summary(print_fn=logging.info)
     train(
-        compile_decoder(decoder.grouped_training_model(model), hparams),
+        model,
         train_dataset,
         eval_dataset,
         hparams,

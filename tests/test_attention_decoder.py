@@ -5,8 +5,6 @@ the training model's arithmetic and that the attention weights mean what the
 signature says. Learning is checked on Transform's output in test_attention.py.
 """
 
-import dataclasses
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -61,32 +59,6 @@ def test_the_step_reproduces_the_teacher_forced_model(model):
         step_logits, states = decoder.decode_step(layers, ids[:, t], states, memory)
         stepped.append(step_logits.numpy())
     np.testing.assert_allclose(np.stack(stepped, axis=1), logits, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize('decoder_name', features.DECODERS)
-def test_the_by_image_training_view_shares_weights_and_equals_the_per_caption_model(
-    decoder_name,
-):
-    tf.keras.utils.set_random_seed(HPARAMS.seed)
-    per_caption = decoder.build_decoder(
-        dataclasses.replace(HPARAMS, decoder=decoder_name), VOCAB
-    )
-    by_image = decoder.grouped_training_model(per_caption)
-    assert {id(v) for v in by_image.trainable_variables} == {
-        id(v) for v in per_caption.trainable_variables
-    }
-    image_features, regions, _ = _inputs(batch=2, seed=5)
-    _, _, ids = _inputs(batch=5, seed=6)
-    caption_image = np.array([0, 0, 1, 1, 1], np.int32)  # two images, two and three captions
-    images = {features.NORMALIZED_FEATURES_KEY: image_features}
-    if decoder_name == features.DECODER_ATTENTION:
-        images[features.NORMALIZED_REGIONS_KEY] = regions
-    grouped = by_image(
-        {**images, features.DECODER_INPUT_KEY: ids, features.CAPTION_IMAGE_KEY: caption_image}
-    ).numpy()
-    repeated = {key: value[caption_image] for key, value in images.items()}
-    expected = per_caption({**repeated, features.DECODER_INPUT_KEY: ids}).numpy()
-    np.testing.assert_allclose(grouped, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_the_regions_change_the_logits(model):

@@ -279,20 +279,15 @@ def test_caption_loss_signature_equals_the_training_loss(exported, loaded, capti
         )
     )
     caption_ids = tf.concat([inputs[features.DECODER_INPUT_KEY], targets[:, -1:]], axis=1)
-    # The signature takes one row per caption; the Trainer's batches hold each image once.
-    per_caption = tf.gather(
-        inputs[features.NORMALIZED_FEATURES_KEY], inputs[features.CAPTION_IMAGE_KEY]
-    )
     out = loaded.signatures[features.LOSS_SIGNATURE](
         **{
-            features.NORMALIZED_FEATURES_KEY: per_caption,
+            features.NORMALIZED_FEATURES_KEY: inputs[features.NORMALIZED_FEATURES_KEY],
             features.CAPTION_IDS_KEY: tf.cast(caption_ids, tf.int64),
         }
     )
     tokens = out[features.TOKENS_OUTPUT].numpy()
     np.testing.assert_array_equal(tokens, (targets.numpy() != features.PAD_ID).sum(axis=1))
-    by_image = decoder.grouped_training_model(caption_model.decoder_model)
-    training_loss = trainer.masked_loss(targets, by_image(inputs)).numpy()
+    training_loss = trainer.masked_loss(targets, caption_model.decoder_model(inputs)).numpy()
     assert out[features.LOSS_OUTPUT].numpy().sum() / tokens.sum() == pytest.approx(
         training_loss, rel=1e-5
     )
