@@ -134,6 +134,11 @@ def create_pipeline(
         splits_config=tfx.proto.SplitsConfig(
             analyze=[features.TRAIN_SPLIT], transform=list(features.SPLITS)
         ),
+        # No TFDV statistics of Transform's own: the inputs are already checked
+        # (StatisticsGen + ExampleValidator on the raw examples, FeatureStatisticsGen
+        # on the extractor's), nothing reads pre/post-transform statistics, and with
+        # regions they are histograms over 131,072 values per image.
+        disable_statistics=True,
     )
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
