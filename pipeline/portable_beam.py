@@ -206,7 +206,15 @@ def _wait_for_port(port: int, process: subprocess.Popen, log_path: str) -> int:
 
 
 def _stop_process(process: subprocess.Popen) -> None:
-    """Ctrl-C first (Beam's mains then stop their servers and workers), then its group."""
+    """Ctrl-C first (Beam's mains then stop their servers and workers), then its group.
+
+    Returns once the service and every process it started have ended (or
+    after `STOP_TIMEOUT_S`): SIGKILL is asynchronous, and an SDK worker that
+    holds gigabytes takes a moment to go.
+    """
+    import psutil
+
+    started = _descendants(process.pid)  # before Ctrl-C, while they are still its children
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         try:
@@ -217,6 +225,27 @@ def _stop_process(process: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline and any(_runs(p, psutil) for p in started):
+        time.sleep(0.05)
+
+
+def _descendants(pid: int) -> List[Any]:
+    """psutil processes started by `pid`, at any depth (none once it has gone)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _runs(process: Any, psutil: Any) -> bool:
+    """Whether a psutil process still runs: a zombie has ended, only its entry waits for reaping."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _bind_loopback_only() -> None:

@@ -91,6 +91,18 @@ def _listening(pids: List[int]) -> List[str]:
     return addresses
 
 
+def _running(pids):
+    """The pids whose process still runs; a zombie has ended (only its entry awaits its parent)."""
+    running = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                running.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return running
+
+
 def _is_loopback(address: str) -> bool:
     ip = ipaddress.ip_address(address)
     return ip.is_loopback or (
@@ -133,7 +145,7 @@ def test_services_listen_on_loopback_only_and_run_the_code_in_worker_processes(
     assert len(probe['listening']) >= 3, probe
     assert all(_is_loopback(address) for address in probe['listening']), probe
     # Stopped: the services and the workers.
-    assert not [pid for pid in [pool_pid, job_pid] + workers if psutil.pid_exists(pid)]
+    assert not _running([pool_pid, job_pid] + workers)
 
 
 def test_services_stop_when_the_block_fails():
@@ -142,7 +154,7 @@ def test_services_stop_when_the_block_fails():
             pids = services.pids
             assert os.environ[portable_beam.JOB_ENDPOINT_ENV].startswith('127.0.0.1:')
             raise RuntimeError('step failed')
-    assert not any(psutil.pid_exists(pid) for pid in pids)
+    assert not _running(pids)
     assert portable_beam.JOB_ENDPOINT_ENV not in os.environ
 
 
