@@ -30,6 +30,8 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+import psutil
+
 from tfx_captioning.pipeline import configs
 
 LOOPBACK = '127.0.0.1'
@@ -212,8 +214,6 @@ def _stop_process(process: subprocess.Popen) -> None:
     after `STOP_TIMEOUT_S`): SIGKILL is asynchronous, and an SDK worker that
     holds gigabytes takes a moment to go.
     """
-    import psutil
-
     started = _descendants(process.pid)  # before Ctrl-C, while they are still its children
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
@@ -226,21 +226,19 @@ def _stop_process(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and any(_runs(p, psutil) for p in started):
+    while time.monotonic() < deadline and any(_runs(p) for p in started):
         time.sleep(0.05)
 
 
-def _descendants(pid: int) -> List[Any]:
+def _descendants(pid: int) -> List[psutil.Process]:
     """psutil processes started by `pid`, at any depth (none once it has gone)."""
-    import psutil
-
     try:
         return psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return []
 
 
-def _runs(process: Any, psutil: Any) -> bool:
+def _runs(process: psutil.Process) -> bool:
     """Whether a psutil process still runs: a zombie has ended, only its entry waits for reaping."""
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
